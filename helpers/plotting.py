@@ -1,0 +1,163 @@
+"""Figures: sample grids, the training curve, a forward-diffusion strip, a reverse-process GIF.
+
+Every function returns the matplotlib Figure and, given `path`, also saves it (PNG), so the same
+call shows the figure inline in Jupyter and writes a file from a script with no display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from helpers.data import from_model_range
+
+
+def use_headless_backend_if_needed() -> None:
+    """Switch to Agg when there is no display and we are not inside Jupyter (plain `python x.py`)."""
+    import os
+    import sys
+
+    in_jupyter = "ipykernel" in sys.modules
+    if not in_jupyter and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+        plt.switch_backend("Agg")
+
+
+def _save(fig, path):
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile (N, H, W, 1) images in [-1, 1] into one (rows*H, cols*W) array in [0, 1]."""
+    x = from_model_range(images)[..., 0]
+    n, h, w = x.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+    return grid
+
+
+def plot_samples(images, title: str = "Samples", ncols: int | None = None, path=None, size: float = 0.6,
+                 row_labels=None):
+    """A grid of images in [-1, 1]; optional `row_labels` name each row (e.g. the digit class)."""
+    n = len(images)
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    fig, ax = plt.subplots(figsize=(max(3.0, ncols * size), max(3.0, nrows * size) + 0.4))
+    ax.imshow(image_grid(images, ncols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        h = images.shape[1] + 2
+        ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(row_labels))], [str(r) for r in row_labels])
+        ax.tick_params(length=0)
+        for s in ax.spines.values():
+            s.set_visible(False)
+    else:
+        ax.axis("off")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def smooth(values, window: int) -> np.ndarray:
+    """Moving average with a window of `window` points ('valid' part only)."""
+    values = np.asarray(values, np.float64)
+    window = max(1, min(int(window), len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_training_curve(history: dict, title: str = "Diffusion training (warmup + cosine decay)", path=None,
+                        window: int | None = None):
+    """Loss per step (raw, faint) and smoothed, with the learning rate on a second axis."""
+    steps, loss, lr = (np.asarray(history[k]) for k in ("step", "loss", "lr"))
+    fig, ax1 = plt.subplots(figsize=(10, 4.2))
+    ax1.plot(steps, loss, alpha=0.3, linewidth=0.6, color="tab:blue", label="loss")
+    window = window or max(1, min(100, len(loss) // 10))
+    if window > 1 and len(loss) > window:
+        ax1.plot(steps[window - 1:], smooth(loss, window), linewidth=2, color="tab:blue",
+                 label=f"loss (moving average of {window})")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss", color="tab:blue")
+    ax1.set_yscale("log")
+    ax1.grid(True, alpha=0.3)
+    ax2 = ax1.twinx()
+    ax2.plot(steps, lr, linewidth=1.5, color="tab:orange", label="learning rate")
+    ax2.set_ylabel("learning rate", color="tab:orange")
+    lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    ax1.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lr_schedule(lr_schedule, total_steps: int, path=None, title: str = "Learning rate: warmup + cosine decay"):
+    """The learning rate at every step of a run."""
+    steps = np.arange(total_steps)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(steps, np.asarray(lr_schedule(steps)), color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_forward_strip(x0, schedule, timesteps, key, path=None, title: str | None = None):
+    """One image noised to each timestep in `timesteps` with q(x_t | x_0) (the same noise for all t)."""
+    import jax
+    import jax.numpy as jnp
+
+    x0 = jnp.asarray(x0)[None] if jnp.ndim(x0) == 3 else jnp.asarray(x0[:1])
+    noise = jax.random.normal(key, x0.shape)
+    ts = jnp.asarray(timesteps)
+    xt = jax.vmap(lambda t: schedule.q_sample(x0, t[None], noise)[0])(ts)
+    fig, axes = plt.subplots(1, len(timesteps), figsize=(1.3 * len(timesteps), 1.7))
+    for ax, img, t in zip(np.atleast_1d(axes), np.asarray(xt), timesteps):
+        ax.imshow(from_model_range(img)[..., 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"t={int(t)}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title or f"forward process, {schedule.kind} schedule", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Reverse process"):
+    """Rows: samples; columns: x_t at `num_frames` evenly spaced steps of a sampler's trajectory."""
+    xs = np.asarray(xs)
+    idx = np.unique(np.linspace(0, len(xs) - 1, num_frames).round().astype(int))
+    n = xs.shape[1]
+    fig, axes = plt.subplots(n, len(idx), figsize=(1.1 * len(idx), 1.1 * n + 0.4), squeeze=False)
+    for j, k in enumerate(idx):
+        for i in range(n):
+            axes[i, j].imshow(from_model_range(xs[k, i])[..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+        axes[0, j].set_title(f"t={int(pairs[k][1])}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_trajectory_gif(xs, path, ncols: int | None = None, frames: int = 40, scale: int = 3, duration_ms: int = 80):
+    """An animated GIF of the reverse process: each frame is the grid of x_t at one step."""
+    from PIL import Image
+
+    xs = np.asarray(xs)
+    idx = np.unique(np.linspace(0, len(xs) - 1, frames).round().astype(int))
+    images = []
+    for k in idx:
+        g = (image_grid(xs[k], ncols) * 255).astype(np.uint8)
+        images.append(Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST))
+    images += [images[-1]] * 10  # hold the final frame
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return path

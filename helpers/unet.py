@@ -1,0 +1,255 @@
+"""A Flax NNX UNet for 32 x 32 images, NHWC (Ho et al. 2020, appendix B; Ronneberger et al. 2015).
+
+Every field of `UNetConfig` changes the network it builds (tests prove it):
+
+    x (B,32,32,1) -conv-> 32x32 -[ResBlock x n (+Attn)]-> down -> 16x16 -[...]-> down -> 8x8 -[...]
+        -> middle: ResBlock (+Attn) ResBlock at the lowest resolution
+        -> up path: ResBlock x (n+1) on [h, skip] (+Attn), upsample, ... -> GroupNorm, act, conv -> (B,32,32,1)
+
+Levels are `hidden_dims` (or `hidden_dims[0] * channel_mult`); a network with L levels downsamples
+L - 1 times, so three levels reach 8 x 8 (32 -> 16 -> 8). The reference tutorial's "32 -> 16 -> 8 -> 4"
+would need four levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = {
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+}
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The reference tutorial's `UNetBackboneConfig` fields, each of which really shapes the model."""
+
+    hidden_dims: tuple[int, ...] = (64, 128, 256)  # channels per resolution level
+    channel_mult: tuple[int, ...] | None = None  # if set: channels = hidden_dims[0] * channel_mult
+    num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_resolutions: tuple[int, ...] = (8,)  # self-attention at these feature-map sizes
+    activation: str = "gelu"
+    dropout_rate: float = 0.0
+    time_embedding_dim: int = 128  # sinusoidal embedding and time-MLP width
+    in_channels: int = 1
+    out_channels: int = 1
+    image_size: int = 32
+    num_heads: int = 4  # attention heads (1 when the width is not divisible)
+    max_norm_groups: int = 32  # GroupNorm uses the largest divisor of the width up to this
+    num_classes: int | None = None  # class-conditional model; label `num_classes` means "no label"
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        if self.channel_mult is None:
+            return tuple(self.hidden_dims)
+        return tuple(self.hidden_dims[0] * m for m in self.channel_mult)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map size at each level: 32, 16, 8 for three levels."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channels)))
+
+    def validate(self) -> "UNetConfig":
+        """Raise ValueError with what to change when the network cannot be built as asked."""
+        if not self.hidden_dims or any(int(c) <= 0 for c in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive channel counts, got {self.hidden_dims}.")
+        if self.channel_mult is not None:
+            if not self.channel_mult or any(int(m) <= 0 for m in self.channel_mult):
+                raise ValueError(f"channel_mult must be positive integers, got {self.channel_mult}.")
+            if len(self.hidden_dims) > 1 and tuple(self.hidden_dims) != self.channels:
+                raise ValueError(
+                    f"hidden_dims {self.hidden_dims} and channel_mult {self.channel_mult} disagree "
+                    f"(hidden_dims[0] * channel_mult = {self.channels}): give one of them, or make them agree.")
+        for name in ("num_res_blocks", "time_embedding_dim", "in_channels", "out_channels",
+                     "image_size", "num_heads", "max_norm_groups"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {self.activation!r}: choose one of {', '.join(ACTIVATIONS)}.")
+        if self.time_embedding_dim % 2:
+            raise ValueError(f"time_embedding_dim must be even (sin and cos halves), got {self.time_embedding_dim}.")
+        downs = len(self.channels) - 1
+        if self.image_size % (2**downs):
+            raise ValueError(
+                f"image_size {self.image_size} cannot be halved {downs} times cleanly for "
+                f"{len(self.channels)} levels: use a size divisible by {2**downs} (MNIST is padded to 32) "
+                f"or fewer levels.")
+        bad = sorted(set(self.attention_resolutions) - set(self.resolutions))
+        if bad:
+            raise ValueError(
+                f"attention_resolutions {tuple(bad)} are never reached: this UNet's feature maps are "
+                f"{self.resolutions}. Choose among those (or () for no attention).")
+        if self.num_classes is not None and int(self.num_classes) <= 0:
+            raise ValueError(f"num_classes must be positive or None, got {self.num_classes}.")
+        return self
+
+    def replace(self, **changes) -> "UNetConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Transformer position encoding of the timestep (Vaswani et al. 2017; Ho et al. 2020). (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def _groups(channels: int, max_groups: int) -> int:
+    return max(g for g in range(1, min(channels, max_groups) + 1) if channels % g == 0)
+
+
+class ResBlock(nnx.Module):
+    """GroupNorm -> act -> conv, + time embedding, GroupNorm -> act -> dropout -> conv, + skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        self.act = ACTIVATIONS[cfg.activation]
+        self.norm1 = nnx.GroupNorm(c_in, num_groups=_groups(c_in, cfg.max_norm_groups), rngs=rngs)
+        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), padding="SAME", rngs=rngs)
+        self.emb_proj = nnx.Linear(emb_dim, c_out, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out, cfg.max_norm_groups), rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", rngs=rngs)
+        self.skip = nnx.Conv(c_in, c_out, (1, 1), rngs=rngs) if c_in != c_out else None
+
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = h + self.emb_proj(self.act(emb))[:, None, None, :]
+        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        return h + (self.skip(x) if self.skip is not None else x)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        heads = cfg.num_heads if channels % cfg.num_heads == 0 else 1
+        self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels, cfg.max_norm_groups), rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, channels, decode=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        tokens = self.norm(x).reshape(b, h * w, c)
+        return x + self.attn(tokens).reshape(b, h, w, c)
+
+
+class Downsample(nnx.Module):
+    """3x3 convolution with stride 2: H x W -> H/2 x W/2."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(channels, channels, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+class Upsample(nnx.Module):
+    """Nearest-neighbour x2 then a 3x3 convolution: H x W -> 2H x 2W."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(channels, channels, (3, 3), padding="SAME", rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+
+
+class UNet(nnx.Module):
+    """Noise-prediction UNet: `model(x_t, t)` or, when conditional, `model(x_t, t, labels)`."""
+
+    def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        chans, res = cfg.channels, cfg.resolutions
+        emb = cfg.time_embedding_dim
+        self.act = ACTIVATIONS[cfg.activation]
+        self.time_mlp1 = nnx.Linear(cfg.time_embedding_dim, emb, rngs=rngs)
+        self.time_mlp2 = nnx.Linear(emb, emb, rngs=rngs)
+        self.label_emb = (nnx.Embed(cfg.num_classes + 1, emb, rngs=rngs)
+                          if cfg.num_classes is not None else None)
+        self.conv_in = nnx.Conv(cfg.in_channels, chans[0], (3, 3), padding="SAME", rngs=rngs)
+
+        down, skip_chans, c = [], [chans[0]], chans[0]
+        for i, (c_out, r) in enumerate(zip(chans, res)):
+            for _ in range(cfg.num_res_blocks):
+                down.append(ResBlock(c, c_out, emb, cfg, rngs=rngs))
+                c = c_out
+                if r in cfg.attention_resolutions:
+                    down.append(SelfAttention(c, cfg, rngs=rngs))
+                skip_chans.append(c)
+            if i < len(chans) - 1:
+                down.append(Downsample(c, rngs=rngs))
+                skip_chans.append(c)
+        self.down = nnx.List(down) if hasattr(nnx, "List") else down
+
+        self.mid1 = ResBlock(c, c, emb, cfg, rngs=rngs)
+        self.mid_attn = SelfAttention(c, cfg, rngs=rngs) if res[-1] in cfg.attention_resolutions else None
+        self.mid2 = ResBlock(c, c, emb, cfg, rngs=rngs)
+
+        up = []
+        for i in reversed(range(len(chans))):
+            for _ in range(cfg.num_res_blocks + 1):
+                up.append(ResBlock(c + skip_chans.pop(), chans[i], emb, cfg, rngs=rngs))
+                c = chans[i]
+                if res[i] in cfg.attention_resolutions:
+                    up.append(SelfAttention(c, cfg, rngs=rngs))
+            if i > 0:
+                up.append(Upsample(c, rngs=rngs))
+        self.up = nnx.List(up) if hasattr(nnx, "List") else up
+
+        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c, cfg.max_norm_groups), rngs=rngs)
+        # Zero-initialised output: the untrained model predicts 0, and training starts from a calm loss.
+        self.conv_out = nnx.Conv(c, cfg.out_channels, (3, 3), padding="SAME",
+                                 kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
+        emb = self.time_mlp2(self.act(self.time_mlp1(sinusoidal_embedding(t, self.cfg.time_embedding_dim))))
+        if self.label_emb is not None:
+            if labels is None:  # unconditional call of a conditional model: the "no label" class
+                labels = jnp.full((x.shape[0],), self.cfg.num_classes, jnp.int32)
+            emb = emb + self.label_emb(labels)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            if not isinstance(layer, SelfAttention):
+                skips.append(h)
+            else:
+                skips[-1] = h  # attention refines the block output that becomes the skip
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid2(h, emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(jnp.concatenate([h, skips.pop()], axis=-1), emb)
+            else:
+                h = layer(h)
+        return self.conv_out(self.act(self.norm_out(h)))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (nnx.Param leaves)."""
+    return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def create_unet(cfg: UNetConfig, seed: int = 0, verbose: bool = False) -> UNet:
+    """Build a UNet with its own PRNG streams; print the parameter count when verbose."""
+    model = UNet(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    if verbose:
+        print(f"UNet {cfg.channels} x {cfg.num_res_blocks} blocks, attention at {cfg.attention_resolutions}: "
+              f"{count_params(model):,} parameters")
+    return model

@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers.sampling import DDIMSampler, DDPMSampler, ddim_pairs, ddpm_pairs, make_sampler, sample
+from helpers.schedules import NoiseSchedule
+from helpers.unet import UNetConfig, create_unet
+
+TINY = UNetConfig(hidden_dims=(4, 8), num_res_blocks=1, attention_resolutions=(), time_embedding_dim=8,
+                  max_norm_groups=4, num_heads=1)
+
+
+def test_pairs_are_explicit_and_end_at_clean_image():
+    p = ddim_pairs(1000, 100)
+    assert p.shape == (100, 2)
+    assert p[0, 0] == 999 and p[-1, 0] == 0 and p[-1, 1] == -1
+    np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])  # each step starts where the last one ended
+    assert np.all(np.diff(p[:, 0]) < 0)
+    np.testing.assert_array_equal(ddpm_pairs(5), [[4, 3], [3, 2], [2, 1], [1, 0], [0, -1]])
+    # uneven spacing is handled with explicit pairs, not t - T // N
+    p7 = ddim_pairs(100, 7)
+    assert p7[0, 0] == 99 and p7[-1, 1] == -1 and len(np.unique(p7[:, 0])) == 7
+    with pytest.raises(ValueError):
+        ddim_pairs(100, 101)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_ddim_eta_one_matches_ddpm_posterior(kind):
+    s = NoiseSchedule.create(kind, 1000)
+    ddim, ddpm = DDIMSampler(s, steps=1000, eta=1.0), DDPMSampler(s)
+    k = jax.random.split(jax.random.key(0), 3)
+    x_t = jax.random.normal(k[0], (3, 4, 4, 1))
+    x0 = jnp.clip(jax.random.normal(k[1], x_t.shape), -1, 1)
+    for t in (999, 700, 300, 1):
+        # sigma_t(eta=1)^2 equals the DDPM posterior variance beta_tilde_t
+        assert float(ddim.sigma(t, t - 1) ** 2) == pytest.approx(float(s.posterior_variance(t)), rel=1e-3)  # float32
+        ab = s.alpha_bar_at(t)
+        eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
+        zero = jnp.zeros_like(x_t)  # compare the means
+        np.testing.assert_allclose(ddim.step(x_t, x0, eps, t, t - 1, zero),
+                                   ddpm.step(x_t, x0, eps, t, t - 1, zero), rtol=1e-4, atol=1e-4)
+
+
+def test_last_step_adds_no_noise():
+    s = NoiseSchedule.cosine(100)
+    x = jnp.ones((1, 2, 2, 1))
+    noise = jnp.full_like(x, 5.0)
+    assert float(DDIMSampler(s, 100, 1.0).sigma(0, -1)) == 0.0
+    np.testing.assert_allclose(DDPMSampler(s).step(x, 0.3 * x, x, 0, -1, noise), 0.3 * x, atol=1e-6)
+
+
+def test_ddim_eta_zero_deterministic_and_eta_one_not():
+    s = NoiseSchedule.cosine(50)
+    model = create_unet(TINY, seed=1)
+    a = sample(model, s, jax.random.key(0), 4, steps=10, eta=0.0)
+    # same starting noise x_T (first split of the key) but different per-step noise keys
+    b = sample(model, s, jax.random.key(0), 4, steps=10, eta=0.0)
+    np.testing.assert_array_equal(a, b)
+    c = sample(model, s, jax.random.key(0), 4, steps=10, eta=1.0)
+    assert not np.allclose(a, c)
+    assert a.shape == (4, 32, 32, 1) and float(jnp.abs(a).max()) <= 1.0
+
+
+def test_eta_zero_ignores_step_noise():
+    s = NoiseSchedule.cosine(50)
+    smp = DDIMSampler(s, 10, 0.0)
+    x = jnp.ones((1, 2, 2, 1))
+    np.testing.assert_array_equal(smp.step(x, 0.5 * x, x, 40, 30, jnp.zeros_like(x)),
+                                  smp.step(x, 0.5 * x, x, 40, 30, 9 * jnp.ones_like(x)))
+
+
+def test_trajectory_and_ddpm_sampler():
+    s = NoiseSchedule.linear(20)
+    model = create_unet(TINY)
+    x, (xs, x0s, pairs) = sample(model, s, jax.random.key(1), 3, sampler="ddpm", return_trajectory=True)
+    assert xs.shape == (20, 3, 32, 32, 1) and x0s.shape == xs.shape and pairs.shape == (20, 2)
+    np.testing.assert_allclose(x, jnp.clip(xs[-1], -1, 1))
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        make_sampler(s, "euler")
+    with pytest.raises(ValueError, match="eta"):
+        make_sampler(s, "ddim", 10, eta=2.0)
+
+
+def test_guidance_uses_both_branches():
+    s = NoiseSchedule.cosine(20)
+    model = create_unet(TINY.replace(num_classes=10))
+    from helpers.sampling import model_output
+    x = jnp.ones((2, 32, 32, 1))
+    out = model_output(model, x, 5, jnp.array([1, 2]), 3.0)
+    assert out.shape == x.shape

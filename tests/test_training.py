@@ -1,0 +1,111 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers.config import get_config
+from helpers.data import batch_indices, epoch_batches, steps_per_epoch
+from helpers.training import EMA, Trainer, ema_decay_at, make_lr_schedule
+from helpers.unet import create_unet
+
+
+def test_lr_schedule_values():
+    f = make_lr_schedule(1e-4, 500, 11700, 0.01)
+    assert float(f(0)) == 0.0
+    assert float(f(250)) == pytest.approx(0.5e-4, rel=1e-5)
+    assert float(f(500)) == pytest.approx(1e-4, rel=1e-5)  # peak at the end of warmup
+    assert float(f(11700)) == pytest.approx(1e-6, rel=1e-4)  # 1% at the end
+    mid = 500 + (11700 - 500) / 2
+    assert float(f(mid)) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5, rel=1e-3)
+
+
+def test_ema_decay_warmup_formula():
+    assert float(ema_decay_at(0.9999, 0)) == pytest.approx(0.1)
+    assert float(ema_decay_at(0.9999, 90)) == pytest.approx(91 / 100)
+    assert float(ema_decay_at(0.9999, 10**7)) == pytest.approx(0.9999)
+    assert float(ema_decay_at(0.9999, 0, warmup=False)) == pytest.approx(0.9999)
+
+
+def _param(model):
+    return np.asarray(jax.tree.leaves(nnx.state(model, nnx.Param))[0])
+
+
+def test_ema_math_and_interval():
+    from helpers.unet import UNetConfig
+
+    cfg = UNetConfig(hidden_dims=(4,), attention_resolutions=(), time_embedding_dim=4, max_norm_groups=2)
+    model = create_unet(cfg)
+    ema = EMA(model, decay=0.5, every=2, warmup=False)
+    w0 = _param(model)
+    nnx.update(model, jax.tree.map(lambda p: p + 1.0, nnx.state(model, nnx.Param)))
+    ema.update(model, 1)  # step 1: not a multiple of 2, nothing changes
+    np.testing.assert_allclose(_param(ema.model), w0)
+    assert int(ema.count.value) == 0
+    ema.update(model, 2)  # 0.5 * w0 + 0.5 * (w0 + 1)
+    np.testing.assert_allclose(_param(ema.model), w0 + 0.5, rtol=1e-6)
+    assert int(ema.count.value) == 1
+    # with warm-up, the first update keeps only 10% of the old average
+    ema2 = EMA(create_unet(cfg), decay=0.9999, every=1, warmup=True)
+    ema2.update(model, 1)
+    np.testing.assert_allclose(_param(ema2.model), 0.1 * w0 + 0.9 * (w0 + 1), rtol=1e-5)
+
+
+def test_ema_with_warmup_tracks_the_model_after_short_runs():
+    # 0.9999 without warm-up keeps 0.9999^1170 = 89% of the initial weights (the reference's problem)
+    n = 1170
+    kept_plain = 0.9999**n
+    kept_warm = np.prod([1 - (1 - float(ema_decay_at(0.9999, i))) for i in range(n)])
+    assert kept_plain > 0.88 and kept_warm < 1e-3
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    key = jax.random.key(3)
+    idx, mask = epoch_batches(key, 0, 1000, 128)
+    assert idx.shape == (8, 128) and steps_per_epoch(1000, 128) == 8
+    real = np.asarray(idx)[np.asarray(mask) > 0]
+    assert sorted(real.tolist()) == list(range(1000))
+    assert float(mask.sum()) == 1000 and float(mask[-1].sum()) == 1000 - 7 * 128
+    idx1, _ = epoch_batches(key, 1, 1000, 128)
+    assert not np.array_equal(idx, idx1)  # a new order each epoch
+    i5, _ = batch_indices(key, 5, 1000, 128)
+    np.testing.assert_array_equal(i5, idx[5])
+
+
+def _tiny_trainer(images, **over):
+    cfg = get_config("tiny", **over)
+    return Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images)
+
+
+def test_train_step_lowers_loss_on_a_fixed_batch():
+    rng = np.random.default_rng(0)
+    # one batch of 32 "images": a bright square at random places
+    imgs = np.zeros((32, 28, 28, 1), np.uint8)
+    for i in range(32):
+        r, c = rng.integers(4, 18, 2)
+        imgs[i, r:r + 8, c:c + 8] = 255
+    tr = _tiny_trainer(imgs, max_steps=60, batch_size=32, log_every=20, learning_rate=3e-3, warmup_steps=5,
+                       train_limit=None)
+    hist = tr.fit(progress=False, print_epochs=False)
+    loss = np.asarray(hist["loss"])
+    assert len(loss) == 60 and tr.step == 60
+    assert loss[-10:].mean() < 0.7 * loss[:10].mean()
+    assert hist["lr"][0] == 0.0 and max(hist["lr"]) == pytest.approx(3e-3, rel=1e-4)
+
+
+def test_last_short_batch_does_not_recompile():
+    imgs = np.zeros((40, 28, 28, 1), np.uint8)  # 40 = 32 + 8: the second batch is padded and masked
+    tr = _tiny_trainer(imgs, max_steps=4, batch_size=32, log_every=4, train_limit=None)
+    tr.fit(progress=False)
+    assert tr._step_fn._cache_size() == 1
+    assert tr.history["epoch"] == [0, 0, 1, 1]
+
+
+def test_nan_loss_stops_with_clear_message():
+    imgs = np.zeros((64, 28, 28, 1), np.uint8)
+    tr = _tiny_trainer(imgs, max_steps=4, log_every=2, train_limit=None)
+    nnx.update(tr.model, jax.tree.map(lambda p: p * jnp.nan, nnx.state(tr.model, nnx.Param)))
+    tr.place_on_mesh()
+    from helpers.training import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match="learning-rate"):
+        tr.fit(progress=False)
