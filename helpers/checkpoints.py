@@ -119,3 +119,23 @@ def read_config(run_dir) -> dict:
         raise CheckpointError(f"{run_dir} is not a run folder: {path.name} is missing. "
                               f"Pass the folder that scripts/train.py wrote (its --out).")
     return json.loads(path.read_text())
+
+
+def load_run(run_dir, step: int | None = None):
+    """Rebuild a run's Trainer from its folder and load its newest readable checkpoint.
+
+    Returns (config, trainer); `trainer.ema.model` is the EMA model to sample from.
+    """
+    import numpy as np
+
+    from helpers.config import Config
+    from helpers.training import Trainer
+    from helpers.unet import create_unet
+
+    cfg = Config.from_dict(read_config(run_dir))
+    placeholder = np.zeros((cfg.batch_size, 28, 28, 1), np.uint8)  # shapes only; no data needed
+    trainer = Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), placeholder, total_steps=1)
+    mngr = CheckpointManager(Path(run_dir) / "checkpoints", keep=cfg.keep_checkpoints)
+    if mngr.restore_latest(trainer) is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {mngr.directory}).")
+    return cfg, trainer

@@ -1,0 +1,59 @@
+"""Command-line plumbing shared by the scripts: flags from the Config fields, friendly errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from helpers.config import Config
+from helpers.unet import UNetConfig
+
+SKIP = {"model", "preset", "dataset", "seed"}
+
+
+def _parser_for(annotation):
+    """A string -> value converter for a dataclass field's type (tuples as '16,32,64', 'none')."""
+    text = str(annotation)
+    optional = "None" in text
+
+    def convert(s: str):
+        if optional and s.lower() in ("none", "null", ""):
+            return None
+        if "tuple" in text:
+            return tuple(int(v) for v in s.split(",") if v.strip()) if s.strip() else ()
+        if "float" in text:
+            return float(s)
+        if "int" in text:
+            return int(s)
+        return s
+
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Config / UNetConfig field (default: the preset's value)."""
+    group = parser.add_argument_group("hyperparameters (default: the preset's value)")
+    for cls in (Config, UNetConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in SKIP:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if hints[f.name] is bool:
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            else:
+                group.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name]), default=None,
+                                   metavar=f.name.upper())
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    names = {f.name for cls in (Config, UNetConfig) for f in dataclasses.fields(cls)} - SKIP
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def fail(message: str, code: int = 2) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

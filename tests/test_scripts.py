@@ -1,0 +1,183 @@
+"""The main job end to end at the tiny preset: files written, sampling, resume after SIGKILL, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def _env(tfds_dir):
+    return {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), "JAX_PLATFORMS": "cpu"}
+
+
+def _train(args, tfds_dir, archives, **kw):
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--manual-dir", str(archives), "--no-progress", *args]
+    return subprocess.run(cmd, env=_env(tfds_dir), capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tfds_dir, mnist_archives):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    r = _train(["--preset", "tiny", "--out", str(out)], tfds_dir, mnist_archives)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_tiny_run_writes_every_file(tiny_run):
+    out, stdout = tiny_run
+    for name in ("config.json", "history.csv", "history.json", "training_curve.png", "samples.png",
+                 "samples.npy", "summary.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "checkpoints").iterdir())
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["model"]["hidden_dims"] == [8, 16]
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["step"] == list(range(8)) and len(hist["loss"]) == 8 and all(np.isfinite(hist["loss"]))
+    assert set(hist) >= {"step", "epoch", "loss", "lr", "images_per_s"}
+    x = np.load(out / "samples.npy")
+    assert x.shape == (16, 32, 32, 1) and x.min() >= -1 and x.max() <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["images_per_s"] > 0
+    assert "done: 8 steps" in stdout
+
+
+def test_sample_script_reads_the_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "sample.py"), str(out), "--n", "6", "--steps", "4",
+                        "--eta", "0.5", "--trajectory", "--out", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=300, env=_env(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert np.load(tmp_path / "s.npy").shape == (6, 32, 32, 1)
+    for suffix in (".png", "-trajectory.png", "-trajectory.gif"):
+        assert (tmp_path / f"s{suffix}").stat().st_size > 0
+
+
+def test_existing_run_folder_is_refused(tiny_run, tfds_dir, mnist_archives):
+    out, _ = tiny_run
+    before = (out / "history.json").read_text()
+    r = _train(["--preset", "tiny", "--out", str(out)], tfds_dir, mnist_archives)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (out / "history.json").read_text() == before
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tfds_dir, mnist_archives):
+    args = ["--preset", "tiny", "--max-steps", "24", "--log-every", "2", "--checkpoint-every", "6", "--no-evaluate",
+            "--num-samples", "4"]
+    full = tmp_path / "full"
+    assert _train([*args, "--out", str(full)], tfds_dir, mnist_archives).returncode == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--manual-dir", str(mnist_archives), "--no-progress",
+           *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, env=_env(tfds_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "12").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch, no chance to clean up
+    proc.wait()
+    assert (killed / "checkpoints" / "12").exists()
+    assert not (killed / "summary.json").exists()
+
+    r = _train(["--resume", "--out", str(killed)], tfds_dir, mnist_archives)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed" in r.stdout
+    h_full = json.loads((full / "history.json").read_text())
+    h_res = json.loads((killed / "history.json").read_text())
+    assert h_res["step"] == list(range(24))
+    np.testing.assert_allclose(h_res["loss"], h_full["loss"], rtol=1e-5, atol=1e-6)
+    assert json.loads((killed / "summary.json").read_text())["steps"] == 24
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_archives):
+    from helpers.checkpoints import load_run
+
+    out = tmp_path / "run"
+    r = _train(["--preset", "tiny", "--max-steps", "8", "--checkpoint-every", "4", "--no-evaluate",
+                "--out", str(out)], tfds_dir, mnist_archives)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 8 and 4 in steps
+    newest = out / "checkpoints" / "8"
+    for f in newest.rglob("*"):  # damage every file of the newest checkpoint
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+    with pytest.warns(UserWarning, match="Skipped unreadable"):
+        _, trainer = load_run(out)
+    assert trainer.step == 4
+    shutil.rmtree(out / "checkpoints" / "4")
+    from helpers.checkpoints import CheckpointError
+    with pytest.raises(CheckpointError, match="No readable checkpoint"):
+        load_run(out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "huge"], "Unknown preset"),
+    (["--dataset", "cifar10"], "Unknown dataset"),
+    (["--batch-size", "0"], "batch_size must be positive"),
+    (["--batch-size", "-3"], "batch_size must be positive"),
+    (["--learning-rate", "0"], "learning_rate must be positive"),
+    (["--max-steps", "-1"], "max_steps must be positive"),
+    (["--sample-steps", "0"], "sample_steps must be positive"),
+    (["--image-size", "31"], "cannot be halved"),
+    (["--attention-resolutions", "4"], "never reached"),
+    (["--schedule", "quadratic"], "Unknown schedule"),
+    (["--resume"], "--resume needs --out"),
+])
+def test_bad_input_gets_a_clear_error(argv, message, capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--preset", "tiny", *argv] if "--preset" not in argv else argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_batch_larger_than_dataset(tmp_path, tfds_dir, mnist_archives, capsys):
+    import train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "tiny", "--train-limit", "16", "--batch-size", "32", "--out", str(tmp_path / "r"),
+                    "--data-dir", str(tfds_dir), "--manual-dir", str(mnist_archives)])
+    assert e.value.code == 2 and "larger than the 16 training images" in capsys.readouterr().err
+
+
+def test_missing_data_offline(tmp_path, monkeypatch, capsys):
+    import train
+
+    from helpers import data
+
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "tiny", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "t10k-labels-idx1-ubyte.gz" in err and "downloads/manual" in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_flags_cover_every_config_field():
+    import dataclasses
+
+    import train  # noqa: F401
+    from _cli import SKIP, add_config_flags
+    import argparse
+
+    from helpers.config import Config
+    from helpers.unet import UNetConfig
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    dests = {a.dest for a in p._actions}
+    for cls in (Config, UNetConfig):
+        for f in dataclasses.fields(cls):
+            assert f.name in dests or f.name in SKIP
