@@ -126,13 +126,10 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         "parameters": count_params(trainer.model), "sample_seconds": round(sample_seconds, 1),
         "num_samples": int(len(x)), "run_dir": str(out),
     }
-    if evaluate:
-        try:
-            from helpers.metrics import evaluate_samples
+    if evaluate and cfg.dataset == "mnist":  # the evaluation classifier knows digits only
+        from helpers.metrics import evaluate_samples
 
-            summary["quality"] = evaluate_samples(x, out_dir=out, log=log)
-        except ImportError:
-            pass
+        summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps in {train_seconds / 60:.1f} min ({summary['images_per_s']} images/s), "
         f"final loss {summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\n"

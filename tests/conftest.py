@@ -43,3 +43,14 @@ def mnist_test(tfds_dir, mnist_archives):
     from helpers.data import load_split
 
     return load_split("mnist", "test", data_dir=tfds_dir, manual_dir=mnist_archives)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_caches(tfds_dir):
+    """One classifier cache and one TFDS dir for the whole session and its subprocesses."""
+    os.environ.setdefault("MNIST_DIFFUSION_CACHE", str(REPO / ".cache" / "metrics"))
+    os.environ.setdefault("TFDS_DATA_DIR", str(tfds_dir))
+    archives = shared_archives("mnist")
+    if archives is not None:
+        os.environ.setdefault("MNIST_ARCHIVES_DIR", str(archives))
+    yield
