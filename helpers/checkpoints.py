@@ -108,6 +108,7 @@ class CheckpointManager:
         nnx.update((trainer.model, trainer.optimizer, trainer.ema), state)
         trainer.data_key = jax.random.wrap_key_data(np.asarray(meta["data_key"], np.uint32))
         trainer.step_key = jax.random.wrap_key_data(np.asarray(meta["step_key"], np.uint32))
+        trainer._order_epoch = None  # the cached epoch order belongs to the old key
         trainer.history = {k: list(v) for k, v in meta["history"].items()}
         trainer.place_on_mesh()
 

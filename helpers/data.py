@@ -192,23 +192,34 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return -(-num_examples // batch_size)
 
 
-def batch_indices(data_key: jax.Array, step: jax.Array | int, num_examples: int, batch_size: int):
-    """Indices (B,) and mask (B,) of global step `step`; pure and jittable.
+def epoch_order(data_key: jax.Array, epoch, num_examples: int, batch_size: int) -> jax.Array:
+    """The example order of one epoch, padded to steps_per_epoch * batch_size; pure and jittable.
 
-    Epoch e = step // steps_per_epoch uses the permutation `permutation(fold_in(data_key, e))`, so every
-    epoch sees every example exactly once and a resumed run sees exactly the batches it would have seen.
-    The last batch of an epoch is filled up with repeated indices whose mask is 0: its shape stays
-    (B,), so it never triggers a recompile, and the masked examples do not count in the loss.
+    It is `permutation(fold_in(data_key, epoch))`, so every epoch sees every example exactly once and
+    a resumed run sees exactly the batches it would have seen. The padding repeats the first indices;
+    `batch_slice` gives them mask 0.
     """
     spe = steps_per_epoch(num_examples, batch_size)
-    step = jnp.asarray(step)
-    epoch, pos = step // spe, step % spe
     perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-    padded = jnp.concatenate([perm, perm[: spe * batch_size - num_examples]])
-    start = pos * batch_size
-    idx = jax.lax.dynamic_slice_in_dim(padded, start, batch_size)
+    return jnp.concatenate([perm, perm[: spe * batch_size - num_examples]])
+
+
+def batch_slice(order: jax.Array, pos, num_examples: int, batch_size: int):
+    """Indices (B,) and mask (B,) of batch `pos` of an epoch order. The last batch of an epoch keeps
+    its shape (B,), so it never triggers a recompile; its padded examples get mask 0 and do not
+    count in the loss."""
+    start = jnp.asarray(pos) * batch_size
+    idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
     mask = (start + jnp.arange(batch_size)) < num_examples
     return idx, mask.astype(jnp.float32)
+
+
+def batch_indices(data_key: jax.Array, step, num_examples: int, batch_size: int):
+    """Indices and mask of global step `step` (epoch = step // steps_per_epoch); pure and jittable."""
+    spe = steps_per_epoch(num_examples, batch_size)
+    step = jnp.asarray(step)
+    order = epoch_order(data_key, step // spe, num_examples, batch_size)
+    return batch_slice(order, step % spe, num_examples, batch_size)
 
 
 def epoch_batches(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int):

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from helpers.config import Config
-from helpers.data import batch_indices, steps_per_epoch, to_model_range
+from helpers.data import batch_slice, epoch_order, steps_per_epoch, to_model_range
 from helpers.losses import (loss_weights, masked_mean, per_example_loss, prediction_target,
                             sample_timesteps)
 from helpers.schedules import NoiseSchedule
@@ -139,7 +139,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, model: nnx.Module, images_uint8: np.ndarray, labels: np.ndarray | None = None,
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, devices=None):
         cfg.validate(num_train_examples=len(images_uint8))
         self.cfg = cfg
         self.num_examples = int(len(images_uint8))
@@ -152,7 +152,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, self.lr_schedule, cfg.weight_decay, cfg.grad_clip)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
 
-        devices = jax.local_devices()
+        devices = list(devices or jax.local_devices())
         if cfg.batch_size % len(devices):
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {len(devices)} local devices.")
         self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
@@ -171,6 +171,9 @@ class Trainer:
         self._graphdef = nnx.graphdef((self.model, self.optimizer, self.ema))
         self.place_on_mesh()
         self._step_fn = jax.jit(self._step, donate_argnums=(0,))
+        self._order_fn = jax.jit(lambda key, epoch: epoch_order(key, epoch, self.num_examples, cfg.batch_size),
+                                 out_shardings=replicated)
+        self._order, self._order_epoch = None, None
 
     # -------------------------------------------------------------- compiled pieces
     @property
@@ -182,14 +185,20 @@ class Trainer:
         state = nnx.state((self.model, self.optimizer, self.ema))
         nnx.update((self.model, self.optimizer, self.ema), jax.device_put(state, self._replicated))
 
-    def _step(self, state, images, labels, keys, step):
+    def _step(self, state, images, labels, order, step_key, step):
         """One compiled step on the pure state (split/merge around the NNX `train_step`)."""
-        data_key, step_key = keys
         model, optimizer, ema = nnx.merge(self._graphdef, state)
-        idx, mask = batch_indices(data_key, step, self.num_examples, self.cfg.batch_size)
+        idx, mask = batch_slice(order, step % self.steps_per_epoch, self.num_examples, self.cfg.batch_size)
         metrics = train_step(model, optimizer, ema, self.schedule, self.cfg, images, labels, idx, mask,
                              jax.random.fold_in(step_key, step), self.batch_sharding)
         return nnx.state((model, optimizer, ema)), metrics
+
+    def epoch_order(self, epoch: int) -> jax.Array:
+        """The (device) example order of `epoch`, computed once per epoch, not once per step."""
+        if self._order_epoch != epoch:
+            self._order = self._order_fn(self.data_key, jnp.int32(epoch))
+            self._order_epoch = epoch
+        return self._order
 
     def run_chunk(self, start: int, num_steps: int | None = None):
         """Dispatch steps [start, start + num_steps) without waiting; returns stacked device metrics.
@@ -199,10 +208,10 @@ class Trainer:
         """
         n = min(num_steps or self.cfg.log_every, self.total_steps - start)
         state = nnx.state((self.model, self.optimizer, self.ema))
-        keys = (self.data_key, self.step_key)
         out = []
         for s in range(start, start + n):
-            state, metrics = self._step_fn(state, self.images, self.labels, keys, jnp.int32(s))
+            order = self.epoch_order(s // self.steps_per_epoch)
+            state, metrics = self._step_fn(state, self.images, self.labels, order, self.step_key, jnp.int32(s))
             out.append(metrics)
         nnx.update((self.model, self.optimizer, self.ema), state)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *out)

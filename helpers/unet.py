@@ -47,6 +47,7 @@ class UNetConfig:
     num_heads: int = 4  # attention heads (1 when the width is not divisible)
     max_norm_groups: int = 32  # GroupNorm uses the largest divisor of the width up to this
     num_classes: int | None = None  # class-conditional model; label `num_classes` means "no label"
+    patch_size: int = 1  # >1: space-to-depth first (32x32x1 -> 16x16x4 for 2), depth-to-space at the end
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -56,8 +57,8 @@ class UNetConfig:
 
     @property
     def resolutions(self) -> tuple[int, ...]:
-        """Feature-map size at each level: 32, 16, 8 for three levels."""
-        return tuple(self.image_size // 2**i for i in range(len(self.channels)))
+        """Feature-map size at each level: 32, 16, 8 for three levels (16, 8, 4 with patch_size 2)."""
+        return tuple(self.image_size // self.patch_size // 2**i for i in range(len(self.channels)))
 
     def validate(self) -> "UNetConfig":
         """Raise ValueError with what to change when the network cannot be built as asked."""
@@ -71,7 +72,7 @@ class UNetConfig:
                     f"hidden_dims {self.hidden_dims} and channel_mult {self.channel_mult} disagree "
                     f"(hidden_dims[0] * channel_mult = {self.channels}): give one of them, or make them agree.")
         for name in ("num_res_blocks", "time_embedding_dim", "in_channels", "out_channels",
-                     "image_size", "num_heads", "max_norm_groups"):
+                     "image_size", "num_heads", "max_norm_groups", "patch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -81,11 +82,11 @@ class UNetConfig:
         if self.time_embedding_dim % 2:
             raise ValueError(f"time_embedding_dim must be even (sin and cos halves), got {self.time_embedding_dim}.")
         downs = len(self.channels) - 1
-        if self.image_size % (2**downs):
+        if self.image_size % (self.patch_size * 2**downs):
             raise ValueError(
                 f"image_size {self.image_size} cannot be halved {downs} times cleanly for "
-                f"{len(self.channels)} levels: use a size divisible by {2**downs} (MNIST is padded to 32) "
-                f"or fewer levels.")
+                f"{len(self.channels)} levels (patch_size {self.patch_size}): use a size divisible by "
+                f"{self.patch_size * 2**downs} (MNIST is padded to 32) or fewer levels.")
         bad = sorted(set(self.attention_resolutions) - set(self.resolutions))
         if bad:
             raise ValueError(
@@ -178,7 +179,8 @@ class UNet(nnx.Module):
         self.time_mlp2 = nnx.Linear(emb, emb, rngs=rngs)
         self.label_emb = (nnx.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                           if cfg.num_classes is not None else None)
-        self.conv_in = nnx.Conv(cfg.in_channels, chans[0], (3, 3), padding="SAME", rngs=rngs)
+        p2 = cfg.patch_size**2
+        self.conv_in = nnx.Conv(cfg.in_channels * p2, chans[0], (3, 3), padding="SAME", rngs=rngs)
 
         down, skip_chans, c = [], [chans[0]], chans[0]
         for i, (c_out, r) in enumerate(zip(chans, res)):
@@ -210,7 +212,7 @@ class UNet(nnx.Module):
 
         self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c, cfg.max_norm_groups), rngs=rngs)
         # Zero-initialised output: the untrained model predicts 0, and training starts from a calm loss.
-        self.conv_out = nnx.Conv(c, cfg.out_channels, (3, 3), padding="SAME",
+        self.conv_out = nnx.Conv(c, cfg.out_channels * p2, (3, 3), padding="SAME",
                                  kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
@@ -221,7 +223,7 @@ class UNet(nnx.Module):
                 labels = jnp.full((x.shape[0],), self.cfg.num_classes, jnp.int32)
             emb = emb + self.label_emb(labels)
 
-        h = self.conv_in(x)
+        h = self.conv_in(space_to_depth(x, self.cfg.patch_size))
         skips = [h]
         for layer in self.down:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
@@ -238,7 +240,26 @@ class UNet(nnx.Module):
                 h = layer(jnp.concatenate([h, skips.pop()], axis=-1), emb)
             else:
                 h = layer(h)
-        return self.conv_out(self.act(self.norm_out(h)))
+        return depth_to_space(self.conv_out(self.act(self.norm_out(h))), self.cfg.patch_size)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/p, W/p, C p^2): each p x p patch becomes one position with p^2 channels."""
+    if p == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+    """The inverse of `space_to_depth`."""
+    if p == 1:
+        return x
+    b, h, w, cp = x.shape
+    c = cp // (p * p)
+    x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, c)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -181,3 +181,13 @@ def test_flags_cover_every_config_field():
     for cls in (Config, UNetConfig):
         for f in dataclasses.fields(cls):
             assert f.name in dests or f.name in SKIP
+
+
+def test_benchmark_script_prints_figures():
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--preset", "tiny", "--steps", "2",
+                        "--skip-ddpm", "--samples", "4"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    figures = json.loads(r.stdout.strip().splitlines()[0])
+    for k in ("images_per_s", "ms_per_step", "compile_s", "gflop_per_step", "matmul_gflops", "host_overhead_ms",
+              "ddim100_s_for_4"):
+        assert figures[k] > 0, k

@@ -45,6 +45,7 @@ def test_shapes_and_param_count():
     dict(time_embedding_dim=32),
     dict(in_channels=3, out_channels=3),
     dict(num_classes=10),
+    dict(patch_size=2, attention_resolutions=(4,)),
 ])
 def test_each_field_changes_parameter_count(change):
     assert count_params(create_unet(BASE.replace(**change))) != count_params(create_unet(BASE))
@@ -95,10 +96,26 @@ def test_labels_change_output_of_conditional_model():
     (dict(hidden_dims=(8, -16)), "positive"),
     (dict(dropout_rate=1.5), r"\[0, 1\)"),
     (dict(time_embedding_dim=15), "even"),
+    (dict(patch_size=3), "cannot be halved"),
+    (dict(patch_size=8), "never reached"),  # feature maps 4, 2, 1: attention at 8 is never reached
 ])
 def test_validation_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         UNet(BASE.replace(**bad), rngs=nnx.Rngs(0))
+
+
+def test_patch_size_space_to_depth():
+    from helpers.unet import depth_to_space, space_to_depth
+
+    x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 2, 2, 4)
+    np.testing.assert_array_equal(y[0, 0, 0], [0, 1, 4, 5])  # the top-left 2x2 patch
+    np.testing.assert_array_equal(depth_to_space(y, 2), x)
+    cfg = BASE.replace(patch_size=2)
+    assert cfg.resolutions == (16, 8, 4)
+    model = create_unet(cfg)
+    assert model(jnp.zeros((1, 32, 32, 1)), jnp.array([1])).shape == (1, 32, 32, 1)
 
 
 def test_sinusoidal_embedding():
