@@ -174,7 +174,11 @@ def _prepare(tfds, builder, name: str, data_dir: Path, manual_dir) -> None:
 
 
 def to_model_range(images_uint8: jax.Array) -> jax.Array:
-    """uint8 (B, 28, 28, 1) -> float32 in [-1, 1], padded to (B, 32, 32, 1) with -1 (the background)."""
+    """uint8 (B, 28, 28, 1) -> float32 in [-1, 1], padded to (B, 32, 32, 1) with -1 (the background).
+
+    A batch keeps the configured batch size: the reference tutorial prints (64, 32, 32, 1) for a batch
+    while its BATCH_SIZE is 256; here a batch of 256 has shape (256, 32, 32, 1).
+    """
     x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
     return jnp.pad(x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), constant_values=-1.0)
 

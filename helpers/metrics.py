@@ -50,10 +50,10 @@ class Classifier(nnx.Module):
         h = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
         h = nnx.max_pool(nnx.relu(self.conv2(h)), (2, 2), (2, 2))
         h = nnx.max_pool(nnx.relu(self.conv3(h)), (2, 2), (2, 2))
-        return nnx.relu(self.dense(h.reshape(h.shape[0], -1)))
+        return self.dense(h.reshape(h.shape[0], -1))  # before the ReLU: noise does not collapse to 0
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.dropout(self.features(x)))
+        return self.head(self.dropout(nnx.relu(self.features(x))))
 
 
 def _train_classifier(images, labels, epochs: int = 3, batch_size: int = 128, seed: int = 0, log=print):
@@ -99,7 +99,7 @@ def _predict(model, images_m11: np.ndarray, batch: int = 1000):
     def run(state, x):
         m = nnx.merge(graphdef, state)
         f = m.features(x)
-        return m.head(f), f
+        return m.head(nnx.relu(f)), f
 
     logits, feats = [], []
     for i in range(0, len(images_m11), batch):
@@ -180,7 +180,8 @@ def _kth_nn_radius(feats, k: int, chunk: int = 2000) -> np.ndarray:
     out = []
     for i in range(0, len(f), chunk):
         d = _pairwise_sq(f[i:i + chunk], f)
-        out.append(np.sqrt(np.asarray(jnp.sort(d, axis=1)[:, k])))  # column 0 is the point itself
+        nearest = -jax.lax.top_k(-d, k + 1)[0]  # ascending; column 0 is the point itself
+        out.append(np.sqrt(np.asarray(nearest[:, k])))
     return np.concatenate(out)
 
 

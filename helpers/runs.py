@@ -17,7 +17,6 @@ import numpy as np
 from helpers.checkpoints import CheckpointManager, read_config
 from helpers.config import Config
 from helpers.data import load_split
-from helpers.sampling import sample
 from helpers.training import Trainer
 from helpers.unet import count_params, create_unet
 
@@ -108,9 +107,7 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     plt.close(plot_training_curve(trainer.history, path=plot_training_curve_path,
                                   title=f"{cfg.preset}: loss and learning rate"))
     t1 = time.perf_counter()
-    x = sample(trainer.ema.model, trainer.schedule, jax.random.key(cfg.seed + 1), cfg.num_samples,
-               sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
-    x = np.asarray(x)
+    x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples))  # EMA weights
     sample_seconds = time.perf_counter() - t1
     np.save(out / "samples.npy", x)
     plt.close(plot_samples(x, title=f"{cfg.sampler.upper()}-{cfg.sample_steps} samples (EMA weights), "

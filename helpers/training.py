@@ -128,6 +128,20 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
     return {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
+def make_jit_train_step(schedule: NoiseSchedule, cfg: Config):
+    """`train_step` compiled with `nnx.jit`: step(model, optimizer, ema, images, labels, idx, mask, key).
+
+    One step at a time, as the notebooks show it; `Trainer` compiles the same function with
+    split/merge around it, which costs less Python per step.
+    """
+
+    @nnx.jit
+    def step(model, optimizer, ema, images_uint8, labels, idx, mask, key):
+        return train_step(model, optimizer, ema, schedule, cfg, images_uint8, labels, idx, mask, key)
+
+    return step
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -267,6 +281,16 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def sample(self, key: jax.Array, num_samples: int, use_ema: bool = True, **kwargs):
+        """Samples from this run's model: the EMA weights by default, the run's schedule, target and
+        sampler settings unless overridden (see `helpers.sampling.sample`)."""
+        from helpers.sampling import sample
+
+        cfg = self.cfg
+        opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
+        opts.update(kwargs)
+        return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
 
     def _record(self, step, epoch, loss, lr, ips):
         h = self.history

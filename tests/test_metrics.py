@@ -74,7 +74,7 @@ def test_figures_on_real_blurred_noised_and_noise(evaluator):
     assert abs(own["frechet_distance"]) < 1e-6
     assert f_real["frechet_distance"] < f_blur["frechet_distance"] < f_noise["frechet_distance"]
     assert f_real["frechet_distance"] < f_noised["frechet_distance"] < f_noise["frechet_distance"]
-    assert f_real["precision"] > 0.9 and f_real["recall"] > 0.9
+    assert f_real["precision"] > 0.9 and f_real["recall"] > 0.85  # N=1000 samples vs 10,000 real digits
     assert f_noise["precision"] < 0.05 and f_noise["recall"] < 0.05
     assert f_real["confident_share"] > 0.97 and f_real["class_kl_from_uniform"] < 0.01
     assert f_noise["class_kl_from_uniform"] > 0.5  # noise collapses onto few classes

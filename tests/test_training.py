@@ -109,3 +109,23 @@ def test_nan_loss_stops_with_clear_message():
     from helpers.training import NonFiniteLossError
     with pytest.raises(NonFiniteLossError, match="learning-rate"):
         tr.fit(progress=False)
+
+
+def test_nnx_jit_step_matches_trainer_step():
+    from helpers.data import batch_indices
+    from helpers.training import make_jit_train_step
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
+    a = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
+    b = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
+    a.fit(progress=False)
+    step = make_jit_train_step(b.schedule, b.cfg)
+    losses = []
+    for s in range(2):
+        idx, mask = batch_indices(b.data_key, s, 64, b.cfg.batch_size)
+        m = step(b.model, b.optimizer, b.ema, b.images, None, idx, mask, jax.random.fold_in(b.step_key, s))
+        losses.append(float(m["loss"]))
+    np.testing.assert_allclose(losses, a.history["loss"], rtol=1e-5)
+    x = a.sample(jax.random.key(0), 2, steps=3)
+    assert x.shape == (2, 32, 32, 1)
