@@ -127,8 +127,6 @@ def load_run(run_dir, step: int | None = None):
 
     Returns (config, trainer); `trainer.ema.model` is the EMA model to sample from.
     """
-    import numpy as np
-
     from helpers.config import Config
     from helpers.training import Trainer
     from helpers.unet import create_unet

@@ -100,11 +100,10 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         ckpt.save(trainer)
     write_history(trainer.history, out)
 
-    plot_training_curve_path = out / "training_curve.png"
     use_headless_backend_if_needed()
     import matplotlib.pyplot as plt
 
-    plt.close(plot_training_curve(trainer.history, path=plot_training_curve_path,
+    plt.close(plot_training_curve(trainer.history, path=out / "training_curve.png",
                                   title=f"{cfg.preset}: loss and learning rate"))
     t1 = time.perf_counter()
     x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples))  # EMA weights
