@@ -50,6 +50,7 @@ class CheckpointManager:
         self._mngr = _manager(self.directory, keep)
 
     def steps(self) -> list[int]:
+        """The steps of the checkpoints on disk, oldest first."""
         self._mngr.reload()
         return sorted(self._mngr.all_steps())
 

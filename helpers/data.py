@@ -100,6 +100,28 @@ def missing_data_message(name: str, data_dir: Path, manual_dir: Path | None = No
     )
 
 
+class file_lock:
+    """An exclusive advisory lock on `path` (created if needed) for a `with` block: processes that
+    share a data or cache folder (parallel tests, two notebooks) prepare things once, not twice."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "w")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
 def _cache_path(name: str, split: str, version: str, data_dir: Path) -> Path:
     return Path(data_dir) / "mnist_diffusion_jax_cache" / f"{name}-{version}-{split}.npz"
 
@@ -127,15 +149,17 @@ def load_split(
     version = {"mnist": "3.0.1", "fashion_mnist": "3.0.1"}[name]
     cache = _cache_path(name, split, version, data_dir)
     if not cache.is_file():
-        tfds = _import_tfds()
-        builder = tfds.builder(name, data_dir=str(data_dir))
-        if not builder.is_prepared():
-            _prepare(tfds, builder, name, data_dir, manual_dir)
-        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, image=data["image"], label=data["label"])
-        tmp.replace(cache)
+        with file_lock(cache.parent / f".{name}.lock"):  # one process prepares; others wait, then read
+            if not cache.is_file():
+                tfds = _import_tfds()
+                builder = tfds.builder(name, data_dir=str(data_dir))
+                if not builder.is_prepared():
+                    _prepare(tfds, builder, name, data_dir, manual_dir)
+                data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+                tmp = cache.with_suffix(".tmp.npz")
+                np.savez(tmp, image=data["image"], label=data["label"])
+                tmp.replace(cache)
     with np.load(cache) as arrays:
         images = arrays["image"].astype(np.uint8)
         labels = arrays["label"].astype(np.int32)

@@ -89,3 +89,30 @@ def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     if mask is None:
         return jnp.mean(values)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def denoising_error(model, schedule: NoiseSchedule, prediction: str, x0, key: jax.Array,
+                    batch_size: int = 500) -> float:
+    """Held-out noise-prediction MSE, E ||eps_hat(x_t, t) - eps||^2 over uniform t, whatever the target.
+
+    Training losses are not comparable across targets (epsilon / v / x0), losses (MSE / Huber) or
+    weightings; this is: every model's output is turned into eps_hat with `to_x0_and_eps`.
+    """
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def batch_error(state, x0, key):
+        m = nnx.merge(graphdef, state)
+        t_key, n_key = jax.random.split(key)
+        t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
+        noise = jax.random.normal(n_key, x0.shape, x0.dtype)
+        x_t = schedule.q_sample(x0, t, noise)
+        _, eps_hat = to_x0_and_eps(prediction, m(x_t, t), x_t, schedule, t)
+        return jnp.sum(jnp.mean(jnp.square(eps_hat - noise), axis=(1, 2, 3)))
+
+    total = 0.0
+    for i in range(0, len(x0), batch_size):
+        total += float(batch_error(state, jnp.asarray(x0[i:i + batch_size]), jax.random.fold_in(key, i)))
+    return total / len(x0)

@@ -16,7 +16,6 @@ computed in its feature space.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -31,7 +30,9 @@ CLASSIFIER_VERSION = "v3"
 
 def cache_dir() -> Path:
     """Where the classifier and reference statistics are kept: $MNIST_DIFFUSION_CACHE or ~/.cache/..."""
-    return Path(os.environ.get("MNIST_DIFFUSION_CACHE", Path.home() / ".cache" / "mnist_diffusion_jax")).expanduser()
+    from helpers.environment import cache_root
+
+    return cache_root()
 
 
 class Classifier(nnx.Module):
@@ -47,6 +48,7 @@ class Classifier(nnx.Module):
         self.head = nnx.Linear(128, num_classes, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
+        """The 128 pre-ReLU units of the dense layer: the feature space of every figure."""
         h = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
         h = nnx.max_pool(nnx.relu(self.conv2(h)), (2, 2), (2, 2))
         h = nnx.max_pool(nnx.relu(self.conv3(h)), (2, 2), (2, 2))
@@ -83,7 +85,7 @@ def _train_classifier(images, labels, epochs: int = 3, batch_size: int = 128, se
         opt.update(model, grads)
         return loss
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for s in tqdm(range(total), desc="training the evaluation classifier", mininterval=5):
         step(model, opt, jnp.int32(s))
@@ -109,13 +111,25 @@ def _predict(model, images_m11: np.ndarray, batch: int = 1000):
     return np.concatenate(logits), np.concatenate(feats).astype(np.float64)
 
 
-def load_classifier(data_dir=None, manual_dir=None, log=print) -> Classifier:
-    """The evaluation classifier: from the cache, or trained now (a few minutes on 2 CPU cores) and cached."""
+def load_classifier(data_dir=None, manual_dir=None, log=print, quick: bool = False) -> Classifier:
+    """The evaluation classifier: from the cache, or trained now (a few minutes on 2 CPU cores) and cached.
+
+    `quick=True` trains a rough one (1 epoch on 5,000 digits, seconds) for smoke runs only: its
+    figures are not comparable with the real classifier's.
+    """
+    from helpers.data import file_lock
+
+    epochs, limit = (1, 5_000) if quick else (3, None)
+    path = cache_dir() / (f"classifier-mnist-{CLASSIFIER_VERSION}" + ("-quick" if quick else ""))
+    with file_lock(path.parent / f".{path.name}.lock"):  # train once even when processes ask together
+        return _load_or_train_classifier(path, epochs, limit, quick, data_dir, manual_dir, log)
+
+
+def _load_or_train_classifier(path, epochs, limit, quick, data_dir, manual_dir, log) -> Classifier:
     import orbax.checkpoint as ocp
 
     from helpers.data import load_split
 
-    path = cache_dir() / f"classifier-mnist-{CLASSIFIER_VERSION}"
     model = Classifier(rngs=nnx.Rngs(0))
     model.eval()
     state = nnx.state(model, nnx.Param)
@@ -128,9 +142,10 @@ def load_classifier(data_dir=None, manual_dir=None, log=print) -> Classifier:
             return model
         except Exception as err:  # a broken cache: retrain
             log(f"the cached classifier in {path} could not be read ({type(err).__name__}); training it again")
-    log(f"training the MNIST evaluation classifier once (a few minutes on 2 CPU cores); it is cached in {path}")
-    images, labels = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir)
-    model = _train_classifier(images, labels, log=log)
+    log(f"training the MNIST evaluation classifier once ({'seconds' if quick else 'a few minutes on 2 CPU cores'}); "
+        f"it is cached in {path}")
+    images, labels = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir, limit=limit)
+    model = _train_classifier(images, labels, epochs=epochs, log=log)
     test_x, test_y = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir)
     acc = classifier_accuracy(model, test_x, test_y)
     log(f"evaluation classifier: test accuracy {acc:.4f}")
@@ -143,6 +158,7 @@ def load_classifier(data_dir=None, manual_dir=None, log=print) -> Classifier:
 
 
 def classifier_accuracy(model, images_uint8, labels) -> float:
+    """Share of uint8 images (N, 28, 28, 1) the classifier labels correctly."""
     from helpers.data import to_model_range
 
     logits, _ = _predict(model, np.asarray(to_model_range(jnp.asarray(images_uint8))))
@@ -166,6 +182,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features (N, D), in float64, for the Frechet distance."""
     f = np.asarray(features, np.float64)
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
@@ -203,30 +220,46 @@ def precision_recall(real_features, fake_features, k: int = 3) -> tuple[float, f
     return precision, recall
 
 
-def nearest_neighbour_distance(samples_m11, train_m11, chunk: int = 500) -> np.ndarray:
-    """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image."""
+def nearest_neighbours(samples_m11, train_m11, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image, and
+    that image's index."""
     t = jnp.asarray(np.reshape(train_m11, (len(train_m11), -1)), jnp.float32)
     s = np.reshape(samples_m11, (len(samples_m11), -1))
-    out = []
+    dist, idx = [], []
     for i in range(0, len(s), chunk):
-        out.append(np.sqrt(np.asarray(jnp.min(_pairwise_sq(jnp.asarray(s[i:i + chunk], jnp.float32), t), axis=1))))
-    return np.concatenate(out)
+        d = _pairwise_sq(jnp.asarray(s[i:i + chunk], jnp.float32), t)
+        j = jnp.argmin(d, axis=1)
+        idx.append(np.asarray(j))
+        dist.append(np.sqrt(np.asarray(jnp.take_along_axis(d, j[:, None], axis=1)[:, 0])))
+    return np.concatenate(dist), np.concatenate(idx)
+
+
+def nearest_neighbour_distance(samples_m11, train_m11, chunk: int = 500) -> np.ndarray:
+    """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image."""
+    return nearest_neighbours(samples_m11, train_m11, chunk)[0]
 
 
 class Evaluator:
     """Holds the classifier and the reference statistics of the real test (and training) digits."""
 
-    def __init__(self, data_dir=None, manual_dir=None, log=print):
+    def __init__(self, data_dir=None, manual_dir=None, log=print, quick: bool = False):
         from helpers.data import load_split, to_model_range
 
-        self.model = load_classifier(data_dir, manual_dir, log=log)
-        test_x, self.test_labels = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir)
-        train_x, _ = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir)
+        self.quick = quick  # smoke runs: rough classifier, 2,000 test and 5,000 training digits
+        self.model = load_classifier(data_dir, manual_dir, log=log, quick=quick)
+        test_x, self.test_labels = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir,
+                                              limit=2_000 if quick else None)
+        train_x, _ = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir,
+                                limit=5_000 if quick else None)
         self.test_m11 = np.asarray(to_model_range(jnp.asarray(test_x)))
         self.train_m11 = np.asarray(to_model_range(jnp.asarray(train_x)))
         _, self.test_features = _predict(self.model, self.test_m11)
         self.test_mu, self.test_sigma = feature_stats(self.test_features)
         self._nn_test = None
+
+    def predict(self, images_m11) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's logits (N, 10) and features (N, 128) for images in [-1, 1]."""
+        return _predict(self.model, np.asarray(images_m11, np.float32))
 
     def nn_baseline(self, n: int = 1000) -> float:
         """Mean nearest-training-neighbour distance of n real test digits (what 'new digits' score)."""
@@ -272,15 +305,16 @@ class Evaluator:
 _EVALUATOR: dict = {}
 
 
-def get_evaluator(data_dir=None, manual_dir=None, log=print) -> Evaluator:
+def get_evaluator(data_dir=None, manual_dir=None, log=print, quick: bool = False) -> Evaluator:
     """One Evaluator per process (the reference statistics take a few seconds to compute)."""
-    key = (str(data_dir), str(manual_dir))
+    key = (str(data_dir), str(manual_dir), quick)
     if key not in _EVALUATOR:
-        _EVALUATOR[key] = Evaluator(data_dir, manual_dir, log=log)
+        _EVALUATOR[key] = Evaluator(data_dir, manual_dir, log=log, quick=quick)
     return _EVALUATOR[key]
 
 
 def format_table(figures: dict) -> str:
+    """The figures of `Evaluator.evaluate` as a readable two-column table."""
     rows = [
         ("samples (N)", f"{figures['n']}"),
         (f"Frechet distance (classifier features, N={figures['n']})", f"{figures['frechet_distance']:.3f}"),
@@ -296,9 +330,12 @@ def format_table(figures: dict) -> str:
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
-def evaluate_samples(samples_m11, out_dir=None, data_dir=None, manual_dir=None, log=print) -> dict:
-    """Figures for samples; printed as a table and, with `out_dir`, written to evaluate.json."""
-    figures = get_evaluator(data_dir, manual_dir, log=log).evaluate(samples_m11)
+def evaluate_samples(samples_m11, out_dir=None, data_dir=None, manual_dir=None, log=print,
+                     quick: bool = False) -> dict:
+    """Figures for samples; printed as a table and, with `out_dir`, written to evaluate.json.
+    `quick=True` (smoke runs) uses the rough classifier: its figures say only that the code ran."""
+    figures = get_evaluator(data_dir, manual_dir, log=log, quick=quick).evaluate(samples_m11)
+    figures["classifier"] = "quick (smoke test only)" if quick else f"full ({CLASSIFIER_VERSION})"
     log(format_table(figures))
     if out_dir is not None:
         (Path(out_dir) / "evaluate.json").write_text(json.dumps(figures, indent=2))

@@ -161,3 +161,19 @@ def save_trajectory_gif(xs, path, ncols: int | None = None, frames: int = 40, sc
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return path
+
+
+def plot_image_rows(rows: dict, ncols: int | None = None, path=None, size: float = 0.55, title: str | None = None):
+    """One titled row of images per entry of `rows` ({row title: images in [-1, 1]}): for comparing
+    samplers, settings or models side by side on the same noise."""
+    ncols = ncols or max(len(x) for x in rows.values())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, ncols * size), len(rows) * 2.3 * size),
+                             squeeze=False)
+    for ax, (name, x) in zip(axes[:, 0], rows.items()):
+        ax.imshow(image_grid(np.asarray(x)[:ncols], ncols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -25,13 +25,25 @@ class RunExistsError(FileExistsError):
     """The run folder already exists and --resume was not given."""
 
 
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description() -> str:
-    """E.g. 'cpu x1 (x86_64, 2 cores)' or 'gpu x1 (NVIDIA H100 80GB HBM3)'."""
+    """E.g. 'cpu x1 (Intel(R) Xeon(R) Processor, 2 cores)' or 'gpu x1 (NVIDIA H100 80GB HBM3, 16 cores)'."""
     import os
 
     devs = jax.devices()
     kind = getattr(devs[0], "device_kind", "")
-    return f"{jax.default_backend()} x{len(devs)} ({kind or platform.machine()}, {os.cpu_count()} cores)"
+    if jax.default_backend() == "cpu" or not kind:
+        kind = _cpu_model()
+    return f"{jax.default_backend()} x{len(devs)} ({kind}, {os.cpu_count()} cores)"
 
 
 def write_history(history: dict, out: Path) -> None:
@@ -125,7 +137,9 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     if evaluate and cfg.dataset == "mnist":  # the evaluation classifier knows digits only
         from helpers.metrics import evaluate_samples
 
-        summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log)
+        # the tiny preset is a smoke test: a rough classifier trained in seconds is enough for it
+        summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log,
+                                              quick=cfg.preset == "tiny")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"done: {trainer.step} steps in {train_seconds / 60:.1f} min ({summary['images_per_s']} images/s), "
         f"final loss {summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\n"

@@ -37,6 +37,7 @@ class DDPMSampler:
     schedule: NoiseSchedule
 
     def pairs(self) -> np.ndarray:
+        """The (t, t_prev) pairs this sampler steps over, from T-1 down to (0, -1)."""
         return ddpm_pairs(self.schedule.num_timesteps)
 
     def step(self, x_t, x0_hat, eps_hat, t, t_prev, noise):
@@ -60,6 +61,7 @@ class DDIMSampler:
     eta: float = 0.0
 
     def pairs(self) -> np.ndarray:
+        """The (t, t_prev) pairs this sampler steps over, from T-1 down to (0, -1)."""
         return ddim_pairs(self.schedule.num_timesteps, self.steps)
 
     def sigma(self, t, t_prev):
@@ -123,11 +125,12 @@ def _sample_scan(graphdef, state, sampler, x_T, pairs, key, labels, guidance_sca
 def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_samples: int, *,
            sampler: str = "ddim", steps: int = 100, eta: float = 0.0, prediction: str = "epsilon",
            clip_x0: bool = True, labels=None, guidance_scale: float | None = None,
-           return_trajectory: bool = False, batch_size: int = 500, image_shape=None):
+           return_trajectory: bool = False, batch_size: int = 500, image_shape=None, x_T=None):
     """Draw `num_samples` images in [-1, 1], (N, H, W, C), from `model` (pass the EMA model to use
     EMA weights, as `scripts/` and the notebooks do).
 
-    With `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each of
+    `x_T` gives the starting noise yourself (e.g. `slerp` between two seeds); by default it is
+    drawn from `key`. With `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each of
     shape (steps, N, H, W, C), and the (t, t_prev) pairs.
     """
     if num_samples <= 0:
@@ -140,7 +143,10 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
     cfg = getattr(model, "cfg", None)
     shape = tuple(image_shape or (cfg.image_size, cfg.image_size, cfg.in_channels))
     key_x, key_steps = jax.random.split(key)
-    x_T = jax.random.normal(key_x, (num_samples, *shape), jnp.float32)  # x_T ~ N(0, I)
+    if x_T is None:
+        x_T = jax.random.normal(key_x, (num_samples, *shape), jnp.float32)  # x_T ~ N(0, I)
+    elif x_T.shape != (num_samples, *shape):
+        raise ValueError(f"x_T has shape {x_T.shape}, expected {(num_samples, *shape)}.")
     if labels is not None:
         labels = jnp.asarray(labels, jnp.int32)
     outs, trajs = [], []
@@ -158,3 +164,17 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
     xs = jnp.concatenate([t[0] for t in trajs], axis=1)
     x0s = jnp.concatenate([t[1] for t in trajs], axis=1)
     return x, (xs, x0s, np.asarray(pairs))
+
+
+def slerp(z0: jax.Array, z1: jax.Array, alphas) -> jax.Array:
+    """Spherical interpolation between two noise tensors (Shoemake 1985), one result per alpha.
+
+    Gaussian noise in many dimensions lies near a sphere of radius sqrt(dim); a straight line
+    between two draws dips inside it (the midpoint has ~71% of the norm) and looks like too little
+    noise to the model, while slerp stays on the sphere.
+    """
+    a, b = z0.reshape(-1), z1.reshape(-1)
+    omega = jnp.arccos(jnp.clip(jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)), -1.0, 1.0))
+    alphas = jnp.asarray(alphas, jnp.float32)[:, None]
+    out = (jnp.sin((1 - alphas) * omega) * a + jnp.sin(alphas * omega) * b) / jnp.sin(omega)
+    return out.reshape((-1, *z0.shape))

@@ -28,10 +28,12 @@ class NoiseSchedule:
 
     @property
     def num_timesteps(self) -> int:
+        """T, the number of diffusion steps."""
         return int(self.betas.shape[0])
 
     @classmethod
     def from_betas(cls, betas, kind: str) -> "NoiseSchedule":
+        """A schedule from its betas; the cumulative product is taken in float64."""
         betas64 = np.asarray(betas, dtype=np.float64)
         alphas64 = 1.0 - betas64
         alpha_bars64 = np.cumprod(alphas64)  # computed in float64, stored in float32

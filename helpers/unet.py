@@ -48,9 +48,17 @@ class UNetConfig:
     max_norm_groups: int = 32  # GroupNorm uses the largest divisor of the width up to this
     num_classes: int | None = None  # class-conditional model; label `num_classes` means "no label"
     patch_size: int = 1  # >1: space-to-depth first (32x32x1 -> 16x16x4 for 2), depth-to-space at the end
+    dtype: str = "float32"  # "bfloat16": convolutions, linear layers and attention compute in bf16
+    # (mixed precision: parameters, GroupNorm, the loss and the optimiser stay float32)
+
+    @property
+    def compute_dtype(self):
+        """The dtype convolutions, linear layers and attention compute in."""
+        return jnp.dtype(self.dtype)
 
     @property
     def channels(self) -> tuple[int, ...]:
+        """Channels per level: `hidden_dims`, or `hidden_dims[0] * channel_mult`."""
         if self.channel_mult is None:
             return tuple(self.hidden_dims)
         return tuple(self.hidden_dims[0] * m for m in self.channel_mult)
@@ -92,11 +100,14 @@ class UNetConfig:
             raise ValueError(
                 f"attention_resolutions {tuple(bad)} are never reached: this UNet's feature maps are "
                 f"{self.resolutions}. Choose among those (or () for no attention).")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}.")
         if self.num_classes is not None and int(self.num_classes) <= 0:
             raise ValueError(f"num_classes must be positive or None, got {self.num_classes}.")
         return self
 
     def replace(self, **changes) -> "UNetConfig":
+        """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
 
@@ -118,12 +129,13 @@ class ResBlock(nnx.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
         self.act = ACTIVATIONS[cfg.activation]
         self.norm1 = nnx.GroupNorm(c_in, num_groups=_groups(c_in, cfg.max_norm_groups), rngs=rngs)
-        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), padding="SAME", rngs=rngs)
-        self.emb_proj = nnx.Linear(emb_dim, c_out, rngs=rngs)
+        dt = cfg.compute_dtype
+        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        self.emb_proj = nnx.Linear(emb_dim, c_out, dtype=dt, rngs=rngs)
         self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out, cfg.max_norm_groups), rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", rngs=rngs)
-        self.skip = nnx.Conv(c_in, c_out, (1, 1), rngs=rngs) if c_in != c_out else None
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        self.skip = nnx.Conv(c_in, c_out, (1, 1), dtype=dt, rngs=rngs) if c_in != c_out else None
 
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
         h = self.conv1(self.act(self.norm1(x)))
@@ -138,7 +150,7 @@ class SelfAttention(nnx.Module):
     def __init__(self, channels: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
         heads = cfg.num_heads if channels % cfg.num_heads == 0 else 1
         self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels, cfg.max_norm_groups), rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(heads, channels, decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, channels, decode=False, dtype=cfg.compute_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
@@ -149,8 +161,8 @@ class SelfAttention(nnx.Module):
 class Downsample(nnx.Module):
     """3x3 convolution with stride 2: H x W -> H/2 x W/2."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(channels, channels, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.conv = nnx.Conv(channels, channels, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.conv(x)
@@ -159,8 +171,8 @@ class Downsample(nnx.Module):
 class Upsample(nnx.Module):
     """Nearest-neighbour x2 then a 3x3 convolution: H x W -> 2H x 2W."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(channels, channels, (3, 3), padding="SAME", rngs=rngs)
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.conv = nnx.Conv(channels, channels, (3, 3), padding="SAME", dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
@@ -180,7 +192,8 @@ class UNet(nnx.Module):
         self.label_emb = (nnx.Embed(cfg.num_classes + 1, emb, rngs=rngs)
                           if cfg.num_classes is not None else None)
         p2 = cfg.patch_size**2
-        self.conv_in = nnx.Conv(cfg.in_channels * p2, chans[0], (3, 3), padding="SAME", rngs=rngs)
+        self.conv_in = nnx.Conv(cfg.in_channels * p2, chans[0], (3, 3), padding="SAME", dtype=cfg.compute_dtype,
+                                rngs=rngs)
 
         down, skip_chans, c = [], [chans[0]], chans[0]
         for i, (c_out, r) in enumerate(zip(chans, res)):
@@ -191,7 +204,7 @@ class UNet(nnx.Module):
                     down.append(SelfAttention(c, cfg, rngs=rngs))
                 skip_chans.append(c)
             if i < len(chans) - 1:
-                down.append(Downsample(c, rngs=rngs))
+                down.append(Downsample(c, rngs=rngs, dtype=cfg.compute_dtype))
                 skip_chans.append(c)
         self.down = nnx.List(down) if hasattr(nnx, "List") else down
 
@@ -207,7 +220,7 @@ class UNet(nnx.Module):
                 if res[i] in cfg.attention_resolutions:
                     up.append(SelfAttention(c, cfg, rngs=rngs))
             if i > 0:
-                up.append(Upsample(c, rngs=rngs))
+                up.append(Upsample(c, rngs=rngs, dtype=cfg.compute_dtype))
         self.up = nnx.List(up) if hasattr(nnx, "List") else up
 
         self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c, cfg.max_norm_groups), rngs=rngs)
@@ -215,7 +228,10 @@ class UNet(nnx.Module):
         self.conv_out = nnx.Conv(c, cfg.out_channels * p2, (3, 3), padding="SAME",
                                  kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
+                 trace: list | None = None) -> jax.Array:
+        """`trace`, if given, collects (layer name, output shape) along the way (see `shape_trace`)."""
+        note = (lambda name, a: trace.append((name, tuple(a.shape)))) if trace is not None else (lambda *_: None)
         t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
         emb = self.time_mlp2(self.act(self.time_mlp1(sinusoidal_embedding(t, self.cfg.time_embedding_dim))))
         if self.label_emb is not None:
@@ -223,10 +239,15 @@ class UNet(nnx.Module):
                 labels = jnp.full((x.shape[0],), self.cfg.num_classes, jnp.int32)
             emb = emb + self.label_emb(labels)
 
+        note("input", x)
+        note("time embedding", emb)
         h = self.conv_in(space_to_depth(x, self.cfg.patch_size))
+        note("conv_in" + (f" (after {self.cfg.patch_size}x{self.cfg.patch_size} space-to-depth)"
+                          if self.cfg.patch_size > 1 else ""), h)
         skips = [h]
         for layer in self.down:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            note(f"down {type(layer).__name__}", h)
             if not isinstance(layer, SelfAttention):
                 skips.append(h)
             else:
@@ -235,12 +256,18 @@ class UNet(nnx.Module):
         if self.mid_attn is not None:
             h = self.mid_attn(h)
         h = self.mid2(h, emb)
+        note("middle (ResBlock" + (", attention" if self.mid_attn is not None else "") + ", ResBlock)", h)
         for layer in self.up:
             if isinstance(layer, ResBlock):
-                h = layer(jnp.concatenate([h, skips.pop()], axis=-1), emb)
+                skip = skips.pop()
+                h = layer(jnp.concatenate([h, skip], axis=-1), emb)
+                note(f"up ResBlock (+ skip with {skip.shape[-1]} channels)", h)
             else:
                 h = layer(h)
-        return depth_to_space(self.conv_out(self.act(self.norm_out(h))), self.cfg.patch_size)
+                note(f"up {type(layer).__name__}", h)
+        out = depth_to_space(self.conv_out(self.act(self.norm_out(h))), self.cfg.patch_size).astype(jnp.float32)
+        note("output", out)
+        return out
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
@@ -260,6 +287,18 @@ def depth_to_space(x: jax.Array, p: int) -> jax.Array:
     c = cp // (p * p)
     x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h * p, w * p, c)
+
+
+def shape_trace(model: "UNet", batch_size: int = 2) -> list[tuple[str, tuple]]:
+    """(layer, output shape) for one forward pass, in order. Shapes only (`jax.eval_shape`), so it
+    also works on an abstract model from `nnx.eval_shape(lambda: create_unet(cfg))`."""
+    cfg = model.cfg
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((batch_size, cfg.image_size, cfg.image_size, cfg.in_channels), jnp.float32)
+    trace: list = []
+    jax.eval_shape(lambda state, x: nnx.merge(graphdef, state)(x, jnp.zeros((batch_size,), jnp.int32), trace=trace),
+                   state, x)
+    return trace
 
 
 def count_params(model: nnx.Module) -> int:

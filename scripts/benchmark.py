@@ -2,11 +2,13 @@
 
     python scripts/benchmark.py --preset cpu
     python scripts/benchmark.py --preset paper --batch 128 --steps 5 --skip-ddpm
+    python scripts/benchmark.py --preset paper --dtype bfloat16      # GPU: bf16 mixed precision
 
 Train step: images/s after compilation, compile time, ms per step, FLOPs per step from XLA's cost
 analysis and the GFLOP/s achieved, next to a large matmul measured in the same run (what the
 machine can do), and the host overhead per step (dispatch time of a step that does no work).
-Sampling: DDIM-100 and DDPM-1000 wall time for 64 samples (compilation excluded).
+Sampling: DDIM-100 and DDPM-1000 wall time for 64 samples (compilation excluded). Also the epoch
+time and the projected time of the config's full run (e.g. 50 epochs for `paper`) at this speed.
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def main(argv=None) -> int:
         "ms_per_step": round(step_s * 1000, 1), "compile_s": round(compile_s, 1),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / step_s / 1e9, 1),
         "matmul_gflops": round(mm, 1), "host_overhead_ms": round(host_ms, 3),
+        "dtype": cfg.model.dtype,
+        # what a full run of this config would take at this speed (60,000 MNIST training images)
+        "epoch_s": round(60_000 / (cfg.batch_size / step_s), 1),
+        f"projected_{cfg.epochs}_epochs_min": round(cfg.epochs * 60_000 / (cfg.batch_size / step_s) / 60, 1),
     }
     if not args.skip_sampling:
         ema_model = trainer.ema.model

@@ -83,7 +83,6 @@ def test_trajectory_and_ddpm_sampler():
 
 
 def test_guidance_uses_both_branches():
-    s = NoiseSchedule.cosine(20)
     model = create_unet(TINY.replace(num_classes=10))
     from helpers.sampling import model_output
     x = jnp.ones((2, 32, 32, 1))

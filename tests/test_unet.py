@@ -124,3 +124,17 @@ def test_sinusoidal_embedding():
     assert e.shape == (2, 8)
     np.testing.assert_allclose(e[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
     assert e[1, 0] == pytest.approx(np.sin(10.0), rel=1e-5)
+
+
+def test_bfloat16_mixed_precision_matches_float32():
+    """dtype="bfloat16": same parameters (float32), bf16 compute, float32 output close to the fp32 one."""
+    model32 = _randomize(create_unet(BASE, seed=0))
+    model16 = create_unet(BASE.replace(dtype="bfloat16"), seed=0)
+    nnx.update(model16, nnx.state(model32))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model16, nnx.Param)))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+    t = jnp.array([10, 500])
+    y32, y16 = model32(x, t), model16(x, t)
+    assert y16.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
+    assert 0 < rel < 0.05, rel  # bf16 has ~3 significant digits: close, but not bit-identical

@@ -1,0 +1,134 @@
+"""What the notebooks share: the preset switch, where figures go, and the tutorial's trained run.
+
+- `TUTORIAL_PRESET=tiny` switches every notebook to tiny settings (seconds, for CI); unset, the
+  notebooks use the preset chosen from the JAX backend (`cpu` without an accelerator, else `paper`).
+- `show(fig, name)` displays a figure inline in Jupyter; run as a plain script (`python
+  notebooks/04_train_ddpm.py`) it saves the figure under `notebooks/figures/<notebook>/` instead.
+- `trained_run()` is the run notebook 04 trains (`runs/tutorial-<preset>/`); later notebooks load
+  its checkpoint, and train it first when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tutorial_preset() -> str:
+    """The preset every notebook uses: $TUTORIAL_PRESET, else the backend's default."""
+    from helpers.config import PRESETS, default_preset_name
+
+    name = os.environ.get("TUTORIAL_PRESET") or default_preset_name()
+    if name not in PRESETS:
+        raise ValueError(f"TUTORIAL_PRESET={name!r} is not a preset: choose one of {', '.join(PRESETS)}.")
+    return name
+
+
+def is_tiny() -> bool:
+    """True when the notebooks run at the tiny preset (smoke runs)."""
+    return tutorial_preset() == "tiny"
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (figures show inline), False in a plain script."""
+    return "ipykernel" in sys.modules
+
+
+def runs_dir() -> Path:
+    """Where tutorial runs live: $TUTORIAL_RUNS_DIR, else `runs/` at the repository root."""
+    return Path(os.environ.get("TUTORIAL_RUNS_DIR") or ROOT / "runs")
+
+
+def tutorial_run_dir(preset: str | None = None) -> Path:
+    """The folder of the tutorial run notebook 04 trains: `runs/tutorial-<preset>/`."""
+    return runs_dir() / f"tutorial-{preset or tutorial_preset()}"
+
+
+def setup(notebook: str) -> str:
+    """Print what this notebook runs with (preset, machine, versions); returns the preset name."""
+    import flax
+    import jax
+    import optax
+
+    from helpers.plotting import use_headless_backend_if_needed
+    from helpers.runs import machine_description
+
+    use_headless_backend_if_needed()
+    os.environ["TUTORIAL_NOTEBOOK"] = notebook
+    preset = tutorial_preset()
+    print(f"notebook {notebook}: preset {preset!r} on {machine_description()}")
+    print(f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}; "
+          f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return preset
+
+
+def show(fig, name: str):
+    """Show `fig` inline (Jupyter) or save it as notebooks/figures/<notebook>/<name>.png (script)."""
+    import matplotlib.pyplot as plt
+
+    if in_jupyter():
+        plt.show()
+        return None
+    folder = ROOT / "notebooks" / "figures" / os.environ.get("TUTORIAL_NOTEBOOK", "notebook")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    print(f"saved {path.relative_to(ROOT)}")
+    return path
+
+
+def ensure_run(run_dir, cfg, progress: bool = True):
+    """(cfg, trainer, summary) of the finished run in `run_dir`: trained with `cfg` if the folder is
+    empty, resumed if it was interrupted, loaded as it is if it has finished."""
+    import json
+
+    from helpers.checkpoints import load_run
+    from helpers.runs import train_run
+
+    from helpers.data import file_lock
+
+    run_dir = Path(run_dir)
+    # One trainer per folder: a second notebook asking for the same run (two notebooks run side by
+    # side, e.g. by `pytest -n 2`) waits here and then loads the finished run.
+    with file_lock(run_dir.parent / f".{run_dir.name}.lock"):
+        if not (run_dir / "summary.json").is_file():
+            if (run_dir / "config.json").is_file():  # an interrupted run: continue it
+                train_run(None, run_dir, resume=True, evaluate=False, progress=progress)
+            else:
+                train_run(cfg, run_dir, evaluate=False, progress=progress)
+    cfg, trainer = load_run(run_dir)
+    return cfg, trainer, json.loads((run_dir / "summary.json").read_text())
+
+
+def trained_run(preset: str | None = None):
+    """(cfg, trainer, summary) of the tutorial run, trained (notebook 04's job) if it is missing.
+
+    `trainer.model` holds the raw weights, `trainer.ema.model` the EMA weights, `trainer.history`
+    the loss history."""
+    from helpers.config import get_config
+
+    preset = preset or tutorial_preset()
+    run = tutorial_run_dir(preset)
+    if not (run / "summary.json").is_file():
+        print(f"No finished run in {run}: training it now (this is what notebook 04 does).")
+    return ensure_run(run, get_config(preset))
+
+
+def show_gif(path, width: int = 360, alt: str = "animation"):
+    """Display a GIF inline in Jupyter (embedded, so it survives in the saved notebook and on the
+    docs site); from a script, just say where it is."""
+    import base64
+
+    path = Path(path)
+    if not in_jupyter():
+        print(f"saved {path}")
+        return
+    from IPython.display import HTML, display
+
+    data = base64.b64encode(path.read_bytes()).decode()
+    display(HTML(f'<img alt="{alt}" width="{width}" src="data:image/gif;base64,{data}">'))

@@ -1,0 +1,171 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The data pipeline: MNIST from disk to device
+#
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 7 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+
+# %% [markdown]
+# A diffusion model learns to turn noise into images, so before any model we need images: the
+# 70,000 handwritten digits of MNIST, in the form the model wants them. This notebook follows the
+# data from the original archives to batches that live on the accelerator.
+#
+# You will learn:
+# - how TensorFlow Datasets (TFDS) fetches and prepares MNIST, and how to do it **without internet**;
+# - why pixels are scaled to [-1, 1] and digits padded from 28x28 to 32x32 with -1;
+# - how to shuffle and batch **on the device**, so training never waits for the host.
+
+# %%
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import helpers  # noqa: F401  (sets the GPU-memory environment variables before TF/JAX allocate)
+from helpers import data, tutorial
+from helpers.plotting import plot_samples
+
+PRESET = tutorial.setup("01_data_pipeline")
+
+# %% [markdown]
+# ## 1. Getting MNIST through TFDS
+#
+# `helpers.data.load_split` asks TFDS for a split. TFDS downloads the four original archives
+# (`train-images-idx3-ubyte.gz`, ...), verifies their checksums and writes its own prepared copy to
+# `~/tensorflow_datasets` (or `$TFDS_DATA_DIR`). With no internet, put the same four files in
+# **`<data_dir>/downloads/manual/mnist/`** and TFDS prepares the dataset from them, checksums
+# still verified. If neither works, you get an error that names the files and the folder:
+
+# %%
+print(data.missing_data_message("mnist", data.default_data_dir()))
+
+# %% [markdown]
+# TensorFlow is used only here, to read the prepared files once. The split is then cached as a
+# plain `.npz` next to the TFDS data, so later runs skip TensorFlow entirely. Each split arrives
+# as uint8 images of shape (N, 28, 28, 1) and integer labels.
+
+# %%
+limit = 2_000 if PRESET == "tiny" else None
+train_images, train_labels = data.load_split("mnist", "train", limit=limit)
+test_images, test_labels = data.load_split("mnist", "test", limit=limit)
+print(f"train: {train_images.shape} {train_images.dtype}, labels {train_labels.shape}")
+print(f"test:  {test_images.shape} {test_images.dtype}")
+print("digits per class (train):", np.bincount(train_labels, minlength=10))
+
+# %% [markdown]
+# The classes are close to balanced (each about 10%), which matters later: a good generator
+# should produce all ten digits about equally often, and notebook 08 checks exactly that.
+
+# %% [markdown]
+# ## 2. A first look
+
+# %%
+first = data.to_model_range(jnp.asarray(train_images[:64]))
+fig = plot_samples(first, title="64 training digits", ncols=16, size=0.5)
+tutorial.show(fig, "real_digits")
+
+# %% [markdown]
+# White strokes on a black background, centred in the frame; the thin black border around each
+# digit is the 2-pixel padding added below.
+
+# %% [markdown]
+# ## 3. Pixel statistics and the model's range
+#
+# MNIST pixels are mostly background: most are exactly 0 and a smaller group is near 255.
+
+# %%
+pixels = train_images.reshape(-1).astype(np.float32)
+print(f"mean {pixels.mean():.1f}, std {pixels.std():.1f} (of 255)")
+print(f"share of pixels exactly 0: {np.mean(pixels == 0):.1%}; above 200: {np.mean(pixels > 200):.1%}")
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.hist(pixels, bins=64, log=True, color="tab:blue")
+ax.set_xlabel("pixel value (uint8)")
+ax.set_ylabel("count (log scale)")
+ax.set_title("MNIST pixel histogram")
+fig.tight_layout()
+tutorial.show(fig, "pixel_histogram")
+
+# %% [markdown]
+# Two peaks: the background at 0 and the ink near 255, with few values in between. A model that
+# draws digits has to learn this almost-binary look; blurry samples show up as too many mid-grey
+# pixels.
+#
+# The diffusion process adds Gaussian noise with mean 0 and variance 1, so the data should live on
+# a comparable scale, centred on 0: `to_model_range` maps [0, 255] to **[-1, 1]**. It then pads
+# 28x28 to **32x32**: the UNet halves the image size at each level (32 -> 16 -> 8), and 28 would
+# give 7 at the third level, which cannot be halved again. The padding value is **-1, the
+# background colour**, so the border looks like the rest of the background and the model does not
+# have to learn a frame.
+
+# %%
+x = data.to_model_range(jnp.asarray(train_images[:256]))
+print("model input:", x.shape, x.dtype, f"range [{float(x.min()):.1f}, {float(x.max()):.1f}]")
+print("border pixels all -1:", bool(jnp.all(x[:, :2] == -1.0)))
+print("back to [0, 1] and cropped to 28x28:", data.from_model_range(x, crop=True).shape)
+
+# %% [markdown]
+# ## 4. Shuffling and batching on the device
+#
+# A tutorial loader would loop over a `tf.data` pipeline in Python and copy each batch to the
+# device. For MNIST the whole training set is 47 MB of uint8, so we put it on the device once and
+# let the compiled train step pick its own batch:
+#
+# - `epoch_order(key, epoch, ...)` is a permutation of all examples, derived from the run's seed
+#   and the epoch number: every epoch sees every image once, in a new order;
+# - `batch_slice(order, position, ...)` cuts batch number `position` out of it. The last batch of an
+#   epoch is padded to full size and carries a **mask**, so the step never changes shape (no
+#   recompilation) and padded examples do not count in the loss.
+#
+# Both are pure functions of (seed, step): a run resumed from a checkpoint sees exactly the batches
+# the uninterrupted run would have seen.
+
+# %%
+key = jax.random.key(0)
+batch_size = 256
+n = len(train_images)
+order = data.epoch_order(key, 0, n, batch_size)
+spe = data.steps_per_epoch(n, batch_size)
+idx, mask = data.batch_slice(order, spe - 1, n, batch_size)
+print(f"{spe} batches per epoch of {n} images; last batch: {int(mask.sum())} real examples, "
+      f"{batch_size - int(mask.sum())} padded (mask 0)")
+print("every image exactly once per epoch:", np.array_equal(np.sort(np.asarray(order[:n])), np.arange(n)))
+
+# %% [markdown]
+# Inside the train step the batch is gathered and converted on the device, all in one compiled
+# function:
+
+# %%
+images_on_device = jax.device_put(train_images)
+
+
+@jax.jit
+def get_batch(images, order, position):
+    idx, mask = data.batch_slice(order, position, n, batch_size)
+    return data.to_model_range(images[idx]), mask
+
+
+batch, mask = get_batch(images_on_device, order, 0)
+print("batch:", batch.shape, batch.dtype, "on", batch.devices())
+
+# %%
+fig = plot_samples(batch[:32], title="the first 32 images of a shuffled batch", ncols=16, size=0.5)
+tutorial.show(fig, "shuffled_batch")
+
+# %% [markdown]
+# A random mix of digits: shuffling works, and the images are already in [-1, 1] and 32x32, ready
+# for the forward process of notebook 02.
+#
+# ## Summary
+# - `helpers.data.load_split` gives uint8 arrays, from the internet or offline from
+#   `<data_dir>/downloads/manual/mnist/`, with a clear message when neither is there.
+# - Model range: [-1, 1], padded to 32x32 with the background value -1.
+# - The dataset lives on the device; the batch of step *s* is a pure function of (seed, *s*).

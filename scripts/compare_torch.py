@@ -1,0 +1,86 @@
+"""Side by side with the PyTorch reference (../shared/bench/torch_ddpm): same models, same machine,
+back to back in one run, printed as ratios.
+
+    python scripts/compare_torch.py --torch-python ../shared/bench/torch_ddpm/.venv-torch/bin/python
+
+Set the reference up first (its README): `python3 -m venv .venv-torch && .venv-torch/bin/pip
+install torch==2.13.0 numpy diffusers`. For each model size (the reference's `--small`, 32/64/128
+with 1 block, and its default, the reference tutorial's 64/128/256 with 2 blocks; both with
+attention at 8x8, GELU, Huber loss, epsilon prediction, fp32, batch 128) it times the train step of
+both, then DDIM-100 sampling of 64 digits, and prints one JSON line and a table with the ratios
+(JAX / PyTorch for images/s; PyTorch / JAX for sampling time: above 1 means JAX is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "bench" / "torch_ddpm" / "ddpm_torch.py"
+
+# Our flags for the reference's two models (the `paper` preset is its default model).
+MODELS = {
+    "small": ["--preset", "paper", "--hidden-dims", "32,64,128", "--num-res-blocks", "1"],
+    "paper": ["--preset", "paper"],
+}
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no JSON line in:\n{text[-2000:]}")
+
+
+def _run(cmd: list[str]) -> dict:
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return _last_json(r.stdout)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--torch-python", required=True, help="the Python of the reference's virtual environment")
+    p.add_argument("--reference", default=str(REFERENCE))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=4, help="timed train steps per measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    args = p.parse_args(argv)
+    if not Path(args.reference).is_file():
+        p.error(f"the reference {args.reference} does not exist")
+
+    rows, result = [], {}
+    for name in args.models:
+        small = ["--small"] if name == "small" else []
+        ref = _run([args.torch_python, args.reference, "bench", "--batch", str(args.batch), "--steps", str(args.steps),
+                    "--threads", str(args.threads), *small])
+        ours = _run([sys.executable, "scripts/benchmark.py", *MODELS[name], "--batch", str(args.batch),
+                     "--steps", str(args.steps), "--skip-ddpm", "--samples", "64"])
+        ref_s = _run([args.torch_python, args.reference, "sample-bench", "--n", "64", "--ddim-steps", "100",
+                      "--threads", str(args.threads), *small])
+        ref_ddim = ref_s["seconds"]
+        result[name] = {"torch_images_per_s": ref["images_per_s"], "jax_images_per_s": ours["images_per_s"],
+                        "train_ratio": round(ours["images_per_s"] / ref["images_per_s"], 2),
+                        "torch_ddim100_s": ref_ddim, "jax_ddim100_s": ours["ddim100_s_for_64"],
+                        "sampling_speedup": round(ref_ddim / ours["ddim100_s_for_64"], 2),
+                        "parameters": ours["parameters"], "machine": ours["machine"]}
+        rows.append(name)
+    print(json.dumps(result))
+    print(f"\n{'model':6s} {'params':>11s} {'torch img/s':>11s} {'JAX img/s':>10s} {'ratio':>6s} "
+          f"{'torch DDIM-100 (64)':>20s} {'JAX DDIM-100 (64)':>18s} {'speed-up':>8s}")
+    for name in rows:
+        r = result[name]
+        print(f"{name:6s} {r['parameters']:>11,} {r['torch_images_per_s']:>11.1f} {r['jax_images_per_s']:>10.1f} "
+              f"{r['train_ratio']:>6.2f} {r['torch_ddim100_s']:>19.2f}s {r['jax_ddim100_s']:>17.2f}s "
+              f"{r['sampling_speedup']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Execute the tutorial notebooks for real and commit-ready: outputs in the .ipynb, a run record on top.
+
+    python scripts/run_notebooks.py                      # all nine, at the backend's preset (cpu here)
+    python scripts/run_notebooks.py 04 05 --preset cpu   # some of them
+
+Each notebook is executed from its `.py` (the source of truth) in a fresh kernel with
+TUTORIAL_PRESET set; its first cell's "Run record" line is rewritten with the preset, the machine,
+the date and the wall time; then `jupytext --update` writes the `.ipynb` (outputs kept), so the
+pair is in sync exactly as CI checks it. Notebooks 05-08 reuse the run notebook 04 trained
+(runs/tutorial-<preset>/); delete it to train again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD = re.compile(r"^# > \*\*Run record:\*\*.*$", re.M)
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
+    import jupytext
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(py)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(py.parent)}})
+    t0 = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - t0
+
+    record = (f"# > **Run record:** the outputs below are from a real run at preset `{preset}` on {machine}, "
+              f"{time.strftime('%Y-%m-%d')}; the notebook took {_minutes(seconds)} "
+              f"(`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
+    text = py.read_text()
+    if not RECORD.search(text):
+        raise SystemExit(f"{py.name}: its first cell has no '> **Run record:**' line to fill in.")
+    py.write_text(RECORD.sub(record, text, count=1))
+    nb.cells[0].source = jupytext.read(py).cells[0].source
+    for cell in nb.cells:  # volatile metadata stays out of the committed notebook
+        cell.metadata.pop("execution", None)
+    jupytext.write(nb, py.with_suffix(".ipynb"), fmt="ipynb")
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--update", "--quiet", str(py)],
+                   check=True, cwd=REPO)
+    return seconds
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("notebooks", nargs="*", help="numbers or names (default: all)")
+    p.add_argument("--preset", default=None, help="default: the backend's (cpu without an accelerator)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = p.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    import helpers  # noqa: F401
+    from helpers.config import PRESETS, default_preset_name
+    from helpers.runs import machine_description
+
+    preset = args.preset or default_preset_name()
+    if preset not in PRESETS:
+        p.error(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    os.environ["TUTORIAL_PRESET"] = preset
+    all_nbs = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    chosen = [nb for nb in all_nbs if not args.notebooks or any(nb.stem.startswith(a) for a in args.notebooks)]
+    if not chosen:
+        p.error(f"no notebook matches {args.notebooks}")
+    machine = machine_description()
+    for py in chosen:
+        print(f"executing {py.name} at preset {preset} ...", flush=True)
+        seconds = execute(py, preset, machine, args.timeout)
+        print(f"  done in {_minutes(seconds)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

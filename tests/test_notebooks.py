@@ -1,0 +1,132 @@
+"""The notebook collection: pairs in sync, each notebook runs as a plain script, JupyterLab pairing.
+
+(nbmake runs every .ipynb itself: `--nbmake` is in pytest's addopts and `notebooks/` in testpaths.)
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+EXPECTED = ["01_data_pipeline", "02_forward_process_and_schedules", "03_unet", "04_train_ddpm", "05_sampling",
+            "06_experiments", "07_conditional_generation", "08_evaluating_samples", "09_fashion_mnist"]
+
+
+def test_the_nine_pairs_exist():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+    for py in NOTEBOOKS:
+        assert py.with_suffix(".ipynb").is_file(), f"{py.name} has no .ipynb twin"
+
+
+def test_pairs_are_in_sync(tmp_path):
+    """What CI's pairing check does: regenerate every .ipynb from its .py with `jupytext --update`
+    (outputs kept) and require no difference from the committed file (on a copy, so a failing run
+    does not 'fix' the working tree)."""
+    work = tmp_path / "repo"
+    shutil.copytree(REPO / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns("figures"))
+    shutil.copy(REPO / "jupytext.toml", work / "jupytext.toml")
+    py_files = [str(work / "notebooks" / p.name) for p in NOTEBOOKS]
+    r = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--update", *py_files],
+                       cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for p in NOTEBOOKS:
+        committed = p.with_suffix(".ipynb").read_text()
+        regenerated = (work / "notebooks" / p.with_suffix(".ipynb").name).read_text()
+        assert regenerated == committed, (f"{p.name} and its .ipynb disagree: run "
+                                          f"`jupytext --to ipynb --update notebooks/{p.name}`")
+
+
+def test_committed_notebooks_carry_real_outputs():
+    """Each .ipynb holds the outputs of a real run (not tiny): a run record, images, no errors."""
+    for p in NOTEBOOKS:
+        nb = json.loads(p.with_suffix(".ipynb").read_text())
+        first = "".join(nb["cells"][0]["source"])
+        assert "Run record:" in first and "not executed yet" not in first, f"{p.stem}: no run record"
+        assert "preset `tiny`" not in first, f"{p.stem}: committed outputs come from a tiny run"
+        outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], f"{p.stem}: error output"
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{p.stem}: no figure in the outputs"
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c.get("execution_count") for c in code), f"{p.stem}: not every code cell was executed"
+
+
+@pytest.mark.parametrize("notebook", EXPECTED)
+def test_notebook_runs_as_a_plain_script(notebook, tmp_path):
+    """`python notebooks/NN_name.py` at tiny settings: no display needed, figures saved as files."""
+    env = {**os.environ, "TUTORIAL_PRESET": "tiny", "MPLBACKEND": "", "DISPLAY": ""}
+    env.pop("MPLBACKEND")
+    r = subprocess.run([sys.executable, str(REPO / "notebooks" / f"{notebook}.py")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    figures = REPO / "notebooks" / "figures" / notebook
+    assert figures.is_dir() and any(figures.glob("*.png")), f"{notebook} saved no figures"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyter_server_opens_a_py_as_a_notebook_and_saves_the_pair(tmp_path):
+    """JupyterLab with Jupytext: the contents API serves a paired .py as a notebook, and saving it
+    writes both files, which stay in sync."""
+    work = tmp_path / "lab"
+    (work / "notebooks").mkdir(parents=True)
+    name = "02_forward_process_and_schedules"
+    for suffix in (".py", ".ipynb"):
+        shutil.copy(REPO / "notebooks" / f"{name}{suffix}", work / "notebooks" / f"{name}{suffix}")
+    shutil.copy(REPO / "jupytext.toml", work / "jupytext.toml")
+    port, token = _free_port(), "test-token"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")})
+    base = f"http://127.0.0.1:{port}/api/contents/notebooks/{name}.py"
+    headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+    try:
+        model = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(base, headers=headers), timeout=5) as resp:
+                    model = json.loads(resp.read())
+                break
+            except OSError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.5)
+        assert model is not None, "jupyter server did not answer: " + server.stdout.read().decode()[-3000:] \
+            if server.poll() is not None else "jupyter server did not answer in 60 s"
+        assert model["type"] == "notebook", f"the .py opened as {model['type']!r}: is Jupytext's contents manager on?"
+        cells = model["content"]["cells"]
+        assert cells[0]["cell_type"] == "markdown" and any(c["cell_type"] == "code" for c in cells)
+
+        # Edit a markdown cell in "JupyterLab" and save through the API.
+        cells[1]["source"] = cells[1]["source"] + "\n\nEdited in JupyterLab."
+        body = json.dumps({"type": "notebook", "format": "json", "content": model["content"]}).encode()
+        req = urllib.request.Request(base, data=body, headers=headers, method="PUT")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status in (200, 201)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    py_text = (work / "notebooks" / f"{name}.py").read_text()
+    nb = json.loads((work / "notebooks" / f"{name}.ipynb").read_text())
+    assert "Edited in JupyterLab." in py_text
+    assert any("Edited in JupyterLab." in "".join(c["source"]) for c in nb["cells"]), "the .ipynb was not updated"
+    # Both files still describe the same notebook: regenerating the .ipynb from the .py changes nothing.
+    before = (work / "notebooks" / f"{name}.ipynb").read_text()
+    r = subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--update", f"notebooks/{name}.py"],
+                       cwd=work, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((work / "notebooks" / f"{name}.ipynb").read_text())["cells"] == json.loads(before)["cells"]
