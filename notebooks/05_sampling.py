@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** not executed yet.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 7 min 45 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict noise. Sampling runs the process backwards: start from
@@ -87,11 +87,12 @@ fig = plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, steps)] f
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows linearly with the number of network calls (table above). In the grid, DDIM-10 already
-# draws the right digits but with rough strokes; from about 50 steps on, more DDIM steps change
-# little. The DDIM rows share their noise and, being deterministic, draw the *same* digits, only
-# refined; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws
-# different digits, of similar quality, at 20x the cost of DDIM-50.
+# Time grows linearly with the number of network calls (the table: a roughly constant cost per
+# call). In the grid, DDIM-10 already draws the same digits as DDIM-200, only with rougher strokes;
+# from about 20-50 steps on, more DDIM steps change almost nothing. The DDIM rows share their noise
+# and, being deterministic, refine the *same* digits; DDPM adds fresh noise at each of its 1,000
+# steps, so from the same start it draws different digits, of similar quality, at about 20x the
+# cost of DDIM-50.
 #
 # ## 3. Eta: from deterministic DDIM to stochastic DDPM
 
@@ -166,9 +167,10 @@ fig = plot_image_rows({"slerp": x_s, "straight line": x_l})
 tutorial.show(fig, "interpolation")
 
 # %% [markdown]
-# Along the slerp path (top) the norm stays about $\sqrt{1024} = 32$ and every frame is a plausible
-# digit, morphing from the first to the second. Along the straight line (bottom) the middle frames
-# start from noise that is too small, and come out faint or smudged.
+# Along the slerp path (top) the norm stays about $\sqrt{1024} = 32$ and the digit morphs
+# smoothly from the first seed's to the second's. Along the straight line (bottom) the middle
+# frames start from noise with only 70% of the expected norm; this model reads that as "less ink"
+# and draws thinner, simpler strokes (here a plain 1) instead of an in-between digit.
 #
 # ## Summary
 # - DDIM-50 gives DDPM-1000 quality at a twentieth of the cost; DDIM-10 is a fast preview.

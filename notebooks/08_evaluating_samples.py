@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Evaluating samples without downloading anything
 #
-# > **Run record:** not executed yet.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 2 min 28 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -138,10 +138,12 @@ print(f"\nnearest-training-neighbour distance of real test digits (what 'new dig
 #
 # - **Real test digits** set the scale: a small but non-zero FD (finite N), about 98% confident,
 #   every class near 10%, precision near 1.
-# - **Uniform noise** has a huge FD and zero precision, yet the classifier may still be *confident*
-#   on it: that is why confidence is never read alone.
-# - **Blurred digits** keep the classes but lose confidence and precision, and their FD grows:
-#   this is what an under-trained model looks like.
+# - **Uniform noise** and the **untrained UNet** (its zero-initialised output layer makes every
+#   sample the same grey image) have huge FDs and zero precision, yet the classifier is *confident*
+#   on them, all in one class: that is why confidence is never read alone.
+# - **Blurred digits** keep their classes and even their precision (each one is near some real
+#   digit), but lose confidence, and recall collapses: blur removes the variety of stroke detail.
+#   This is what an under-trained model's samples look like.
 # - **Only 1s** are perfectly confident, but the class shares (one class at 100%) and the recall
 #   collapse: mode collapse shows in coverage, not in confidence.
 # - **Training set copies** score like real digits on every feature-space figure, but their
