@@ -175,7 +175,11 @@ def _prepare(tfds, builder, name: str, data_dir: Path, manual_dir) -> None:
     candidates = [Path(manual_dir).expanduser()] if manual_dir else manual_dir_candidates(name, data_dir)
     for folder in candidates:
         if _has_archives(folder):
-            config = tfds.download.DownloadConfig(manual_dir=str(folder))
+            # TFDS names extracted files after the archive alone (downloads/extracted/GZIP.<file>),
+            # and MNIST and Fashion-MNIST share file names: without a folder per dataset, the second
+            # one prepared would silently reuse the first one's images.
+            config = tfds.download.DownloadConfig(
+                manual_dir=str(folder), extract_dir=str(Path(data_dir) / "downloads" / "extracted" / name))
             try:
                 builder.download_and_prepare(download_config=config)
             except Exception as err:  # checksum mismatch: e.g. Fashion-MNIST files in MNIST's folder

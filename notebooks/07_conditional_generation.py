@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 07 · Conditional generation with classifier-free guidance
 #
-# > **Run record:** not executed yet.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 9 min 49 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # So far the model draws *some* digit. To ask for a 7, we give the UNet the label as a second
@@ -72,8 +72,11 @@ fig = plot_samples(x, title="classifier-free guidance, w = 3: row r is label r",
 tutorial.show(fig, "one_row_per_digit")
 
 # %% [markdown]
-# Each row should show ten different renderings of the digit it was asked for: different slants,
-# thicknesses and styles, the same class.
+# With enough training each row shows ten renderings of the digit it asks for. This committed run
+# trained for only 760 steps (0.4 epochs, 4 minutes): the strokes are still broken and the
+# backgrounds speckled, and only some rows (1, 2, 7) lean towards their digit. Conditioning does not
+# save a model from being under-trained; the unconditional tutorial run of notebook 04 needed 20
+# minutes to draw mostly legible digits.
 #
 # ## 3. Guidance scale sweep
 #
@@ -102,13 +105,16 @@ for w, agree, conf, fd in rows:
     print(f"{w:4.1f} {agree:11.1%} {conf:10.1%} {fd:8.1f}")
 
 # %% [markdown]
-# Columns 0-9 of each row ask for digits 0-9. At $w = 0$ the label is ignored entirely (the
-# unconditional model), so the "label match" is near chance (10%). At $w = 1$ the model follows
-# the label most of the time; larger $w$ makes the digits more prototypical and bolder and the
-# match rate climbs further, at the price of variety (and, at large $w$, over-saturated strokes,
-# which the Frechet distance notices before the eye does).
+# Columns 0-9 of each row ask for digits 0-9. At $w = 0$ the label is ignored (the unconditional
+# model), so the label match is near chance (13% here, 10% expected). Raising $w$ pushes the
+# samples towards their labels: in this run the match climbs steadily from 13% to 33% at $w = 5$,
+# and the Frechet distance falls from 928 to 734, even though the model is far from converged (the
+# confident share stays around 30%). With a longer run the same sweep typically shows a high match
+# already at $w = 1$-$3$ and, at large $w$, bold, over-saturated and less varied digits.
 #
 # ## Summary
 # - One extra embedding turns the UNet into a conditional model; label dropout gives the
 #   unconditional model for free.
-# - Guidance $w$ between about 2 and 4 gives reliable, clean digits of the requested class.
+# - Guidance $w$ trades variety for fidelity to the label; in this short run every step up in $w$
+#   raised the label match (13% -> 33%). Train longer (e.g. 20 minutes on a CPU) before judging
+#   the digits themselves.

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -77,3 +79,28 @@ def test_environment_variables_for_gpu_memory():
     assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.8"
+
+
+def test_mnist_and_fashion_mnist_prepared_side_by_side_stay_different(tmp_path, mnist_archives):
+    """Both datasets from their manual folders in one data dir: the files share names, and TFDS's
+    extraction cache must not hand Fashion-MNIST the MNIST images prepared before it."""
+    import os
+    import shutil
+
+    import numpy as np
+
+    from helpers.data import load_split
+
+    fashion = os.environ.get("FASHION_MNIST_ARCHIVES_DIR")
+    if not fashion:
+        pytest.skip("Fashion-MNIST archives not found (set FASHION_MNIST_ARCHIVES_DIR)")
+    for name, src in (("mnist", mnist_archives), ("fashion_mnist", fashion)):
+        dst = tmp_path / "downloads" / "manual" / name
+        dst.mkdir(parents=True)
+        for f in Path(src).glob("*.gz"):
+            shutil.copy(f, dst / f.name)
+    digits, _ = load_split("mnist", "test", data_dir=tmp_path)
+    clothes, _ = load_split("fashion_mnist", "test", data_dir=tmp_path)
+    assert digits.shape == clothes.shape == (10_000, 28, 28, 1)
+    assert not np.array_equal(digits, clothes)
+    assert abs(float(clothes.mean()) - float(digits.mean())) > 10  # clothes: about 73 of 255; digits: 33
