@@ -14,13 +14,18 @@ import numpy as np
 from helpers.data import from_model_range
 
 
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (figures show inline), False in a plain script."""
+    import sys
+
+    return "ipykernel" in sys.modules
+
+
 def use_headless_backend_if_needed() -> None:
     """Switch to Agg when there is no display and we are not inside Jupyter (plain `python x.py`)."""
     import os
-    import sys
 
-    in_jupyter = "ipykernel" in sys.modules
-    if not in_jupyter and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+    if not in_jupyter() and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
         plt.switch_backend("Agg")
 
 

@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
+
+from helpers.plotting import in_jupyter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,16 +27,6 @@ def tutorial_preset() -> str:
     if name not in PRESETS:
         raise ValueError(f"TUTORIAL_PRESET={name!r} is not a preset: choose one of {', '.join(PRESETS)}.")
     return name
-
-
-def is_tiny() -> bool:
-    """True when the notebooks run at the tiny preset (smoke runs)."""
-    return tutorial_preset() == "tiny"
-
-
-def in_jupyter() -> bool:
-    """True inside a Jupyter kernel (figures show inline), False in a plain script."""
-    return "ipykernel" in sys.modules
 
 
 def runs_dir() -> Path:

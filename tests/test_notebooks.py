@@ -62,8 +62,8 @@ def test_committed_notebooks_carry_real_outputs():
 @pytest.mark.parametrize("notebook", EXPECTED)
 def test_notebook_runs_as_a_plain_script(notebook, tmp_path):
     """`python notebooks/NN_name.py` at tiny settings: no display needed, figures saved as files."""
-    env = {**os.environ, "TUTORIAL_PRESET": "tiny", "MPLBACKEND": "", "DISPLAY": ""}
-    env.pop("MPLBACKEND")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env.update(TUTORIAL_PRESET="tiny", DISPLAY="")
     r = subprocess.run([sys.executable, str(REPO / "notebooks" / f"{notebook}.py")], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
