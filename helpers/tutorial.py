@@ -84,6 +84,8 @@ def ensure_run(run_dir, cfg, progress: bool = True):
     from helpers.data import file_lock
 
     run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file():
+        _check_same_config(run_dir, cfg)
     # One trainer per folder: a second notebook asking for the same run (two notebooks run side by
     # side, e.g. by `pytest -n 2`) waits here and then loads the finished run.
     with file_lock(run_dir.parent / f".{run_dir.name}.lock"):
@@ -94,6 +96,26 @@ def ensure_run(run_dir, cfg, progress: bool = True):
                 train_run(cfg, run_dir, evaluate=False, progress=progress)
     cfg, trainer = load_run(run_dir)
     return cfg, trainer, json.loads((run_dir / "summary.json").read_text())
+
+
+def _check_same_config(run_dir: Path, cfg) -> None:
+    """Refuse to reuse a run trained with other settings (a changed budget or recipe would otherwise
+    be silently ignored); the folder is left as it is."""
+    import json
+
+    from helpers.checkpoints import read_config
+    from helpers.config import Config
+
+    def flat(c):  # model fields beside the others; fields added since the run take their defaults
+        d = json.loads(c.to_json())
+        return {**{k: v for k, v in d.items() if k != "model"}, **d["model"]}
+
+    saved, wanted = flat(Config.from_dict(read_config(run_dir))), flat(cfg)
+    changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed[:4])
+        raise ValueError(f"{run_dir} holds a run with other settings ({detail}). Delete or rename that "
+                         f"folder to train with the new settings, or set them back to reuse it.")
 
 
 def trained_run(preset: str | None = None):
