@@ -30,6 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import helpers  # noqa: F401
 from helpers import data, tutorial
@@ -101,7 +102,7 @@ for name, cfg in configs.items():
         steps = int(BUDGET_SECONDS / seconds.get(name, seconds["baseline"]))
     configs[name] = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
     sec = seconds.get(name, seconds.get("baseline", float("nan")))
-    print(f"{name:18s} {count_params(create_unet(cfg.model)):>10,} parameters  {1000 * sec:7.1f} ms/step  "
+    print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(cfg.model))):>10,} parameters  {1000 * sec:7.1f} ms/step  "
           f"-> {steps:5d} steps ({steps * cfg.batch_size / len(images):.2f} epochs)")
 
 # %% [markdown]
@@ -165,7 +166,9 @@ tutorial.show(fig, "variants_side_by_side")
 # - **Model size dominates at equal time.** The small UNet (0.7M parameters) runs 2.4x more steps
 #   than the baseline (954 vs 400) and has the best Frechet distance and confident share; the
 #   large one (10.5M) gets 118 steps and still draws noise (its denoising error, 0.39, is 3-4x the
-#   others'). Parameters cost time, and at a few minutes the model that takes more steps wins.
+#   others'); its 24.5% confident share is the classifier being confident on noise (notebook 08
+#   shows it can be), a reminder to read that share next to the Frechet distance. Parameters cost
+#   time, and at a few minutes the model that takes more steps wins.
 # - **The prediction target is visible by eye**: epsilon-prediction leaves speckled backgrounds,
 #   and the classifier is least often confident on it (14.5%). The sampler recovers the image as
 #   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error
