@@ -55,6 +55,7 @@ class Config:
     sample_steps: int = 100
     eta: float = 0.0
     num_samples: int = 64
+    guidance_scale: float = 3.0  # class-conditional models only: CFG weight w of the samples (labels 0-9 in turn)
     # bookkeeping
     seed: int = 42
     log_every: int = 25  # steps per compiled chunk: the host reads metrics once per chunk
@@ -105,6 +106,9 @@ class Config:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}.")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must not be negative, got {self.guidance_scale} (0: ignore the "
+                             f"label, 1: the plain conditional model, > 1: stronger guidance).")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}.")
         if self.sample_steps > self.num_timesteps:

@@ -121,8 +121,12 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples))  # EMA weights
     sample_seconds = time.perf_counter() - t1
     np.save(out / "samples.npy", x)
-    plt.close(plot_samples(x, title=f"{cfg.sampler.upper()}-{cfg.sample_steps} samples (EMA weights), "
-                           f"step {trainer.step}", path=out / "samples.png"))
+    title = f"{cfg.sampler.upper()}-{cfg.sample_steps} samples (EMA weights), step {trainer.step}"
+    shown, ncols = x, None
+    if cfg.model.num_classes:  # labels 0, 1, ..., 9 in turn: one column per class, ten rows
+        title += f"\ncolumn = label, guidance w = {cfg.guidance_scale:g}"
+        shown, ncols = x[:10 * cfg.model.num_classes], cfg.model.num_classes
+    plt.close(plot_samples(shown, title=title, path=out / "samples.png", ncols=ncols))
 
     steps_run = trainer.step - start_step
     losses = trainer.history["loss"]

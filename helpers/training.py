@@ -287,11 +287,14 @@ class Trainer:
 
     def sample(self, key: jax.Array, num_samples: int, use_ema: bool = True, **kwargs):
         """Samples from this run's model: the EMA weights by default, the run's schedule, target and
-        sampler settings unless overridden (see `helpers.sampling.sample`)."""
+        sampler settings unless overridden (see `helpers.sampling.sample`). A class-conditional model
+        draws the labels 0, 1, ..., 9, 0, ... in turn with classifier-free guidance `cfg.guidance_scale`."""
         from helpers.sampling import sample
 
         cfg = self.cfg
         opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
+        if cfg.model.num_classes:
+            opts.update(labels=jnp.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
         opts.update(kwargs)
         return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
 

@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (0: deterministic)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="class-conditional runs: classifier-free guidance w (default: the run's); labels 0-9 in turn")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--trajectory", action="store_true", help="also write a strip and a GIF of the reverse process")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sample-<sampler>-<steps>)")
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
         fail(f"--n must be positive, got {args.n}.")
 
     import jax
+    import jax.numpy as jnp
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -48,9 +51,17 @@ def main(argv=None) -> int:
         steps = args.steps or cfg.sample_steps
         eta = cfg.eta if args.eta is None else args.eta
         model = trainer.model if args.raw else trainer.ema.model
+        conditional = {}
+        if cfg.model.num_classes:
+            w = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+            if w < 0:
+                raise ValueError(f"--guidance-scale must not be negative, got {w}.")
+            conditional = dict(labels=jnp.arange(args.n) % cfg.model.num_classes, guidance_scale=w)
+        elif args.guidance_scale is not None:
+            raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
         t0 = time.perf_counter()
         result = sample(model, trainer.schedule, jax.random.key(args.seed), args.n, sampler=sampler, steps=steps,
-                        eta=eta, prediction=cfg.prediction, return_trajectory=args.trajectory)
+                        eta=eta, prediction=cfg.prediction, return_trajectory=args.trajectory, **conditional)
     except (ValueError, CheckpointError) as err:
         fail(str(err))
     x, traj = (result if args.trajectory else (result, None))

@@ -88,3 +88,32 @@ def test_guidance_uses_both_branches():
     x = jnp.ones((2, 32, 32, 1))
     out = model_output(model, x, 5, jnp.array([1, 2]), 3.0)
     assert out.shape == x.shape
+
+
+def test_trainer_samples_a_conditional_model_with_labels_in_turn_and_guidance():
+    from helpers.config import get_config
+    from helpers.training import Trainer
+
+    cfg = get_config("tiny", model=TINY.replace(num_classes=10), num_timesteps=50, guidance_scale=2.0)
+    model = create_unet(cfg.model, seed=3)
+    trainer = Trainer(cfg, model, np.zeros((cfg.batch_size, 28, 28, 1), np.uint8), total_steps=1)
+    from flax import nnx  # random weights: the zero-initialised output layer would ignore the label
+    params = nnx.state(trainer.ema.model, nnx.Param)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    nnx.update(trainer.ema.model, jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape)
+                                                            for k, x in zip(keys, leaves)]))
+    key = jax.random.key(0)
+    got = np.asarray(trainer.sample(key, 12, steps=3))
+    want = sample(trainer.ema.model, trainer.schedule, key, 12, steps=3, prediction=cfg.prediction,
+                  labels=jnp.arange(12) % 10, guidance_scale=2.0)
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-6)
+    other = np.asarray(trainer.sample(key, 12, steps=3, guidance_scale=0.0))
+    assert not np.allclose(got, other, atol=1e-4)  # the guidance weight is used
+
+
+def test_negative_guidance_scale_is_refused():
+    from helpers.config import get_config
+
+    with pytest.raises(ValueError, match="guidance_scale must not be negative"):
+        get_config("tiny", guidance_scale=-1.0)

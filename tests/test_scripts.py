@@ -60,6 +60,10 @@ def test_sample_script_reads_the_run(tiny_run, tmp_path):
     assert np.load(tmp_path / "s.npy").shape == (6, 32, 32, 1)
     for suffix in (".png", "-trajectory.png", "-trajectory.gif"):
         assert (tmp_path / f"s{suffix}").stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "sample.py"), str(out), "--n", "2",
+                          "--guidance-scale", "3", "--out", str(tmp_path / "g")],
+                         capture_output=True, text=True, timeout=300, env=_env(out))
+    assert bad.returncode == 2 and "needs a class-conditional run" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_existing_run_folder_is_refused(tiny_run, tfds_dir, mnist_archives):
