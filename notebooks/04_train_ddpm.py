@@ -38,7 +38,7 @@ from helpers.config import PRESETS, get_config
 from helpers.losses import per_example_loss
 from helpers.plotting import plot_lr_schedule, plot_samples, plot_training_curve
 from helpers.schedules import NoiseSchedule
-from helpers.training import EMA, Trainer, ema_decay_at, make_jit_train_step, make_lr_schedule, make_optimizer
+from helpers.training import EMA, ema_decay_at, make_jit_train_step, make_lr_schedule, make_optimizer
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("04_train_ddpm")
