@@ -36,13 +36,11 @@ def main(argv=None) -> int:
         fail(f"--n must be positive, got {args.n}.")
 
     import jax
-    import jax.numpy as jnp
     import matplotlib.pyplot as plt
     import numpy as np
 
     from helpers.checkpoints import CheckpointError, load_run
     from helpers.plotting import plot_samples, plot_trajectory, save_trajectory_gif, use_headless_backend_if_needed
-    from helpers.sampling import sample
 
     use_headless_backend_if_needed()
     try:
@@ -50,18 +48,15 @@ def main(argv=None) -> int:
         sampler = args.sampler or cfg.sampler
         steps = args.steps or cfg.sample_steps
         eta = cfg.eta if args.eta is None else args.eta
-        model = trainer.model if args.raw else trainer.ema.model
-        conditional = {}
-        if cfg.model.num_classes:
-            w = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
-            if w < 0:
-                raise ValueError(f"--guidance-scale must not be negative, got {w}.")
-            conditional = dict(labels=jnp.arange(args.n) % cfg.model.num_classes, guidance_scale=w)
-        elif args.guidance_scale is not None:
-            raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
+        opts = dict(sampler=sampler, steps=steps, eta=eta, return_trajectory=args.trajectory)
+        if args.guidance_scale is not None:  # conditional runs sample labels 0-9 in turn (Trainer.sample)
+            if not cfg.model.num_classes:
+                raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
+            if args.guidance_scale < 0:
+                raise ValueError(f"--guidance-scale must not be negative, got {args.guidance_scale}.")
+            opts["guidance_scale"] = args.guidance_scale
         t0 = time.perf_counter()
-        result = sample(model, trainer.schedule, jax.random.key(args.seed), args.n, sampler=sampler, steps=steps,
-                        eta=eta, prediction=cfg.prediction, return_trajectory=args.trajectory, **conditional)
+        result = trainer.sample(jax.random.key(args.seed), args.n, use_ema=not args.raw, **opts)
     except (ValueError, CheckpointError) as err:
         fail(str(err))
     x, traj = (result if args.trajectory else (result, None))
