@@ -52,8 +52,7 @@ def main(argv=None) -> int:
         if args.guidance_scale is not None:  # conditional runs sample labels 0-9 in turn (Trainer.sample)
             if not cfg.model.num_classes:
                 raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
-            if args.guidance_scale < 0:
-                raise ValueError(f"--guidance-scale must not be negative, got {args.guidance_scale}.")
+            cfg.replace(guidance_scale=args.guidance_scale).validate()  # the config's own checks
             opts["guidance_scale"] = args.guidance_scale
         t0 = time.perf_counter()
         result = trainer.sample(jax.random.key(args.seed), args.n, use_ema=not args.raw, **opts)
