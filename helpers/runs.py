@@ -25,6 +25,29 @@ class RunExistsError(FileExistsError):
     """The run folder already exists and --resume was not given."""
 
 
+FIT_MARGIN = 0.92  # share of the time limit a fitted plan fills: room for checkpoints and a machine that slows
+
+
+def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, margin: float = FIT_MARGIN) -> int:
+    """Steps of `seconds_per_step` that fill `margin` of `minutes`, in whole chunks (at least one)."""
+    if not seconds_per_step > 0:
+        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}.")
+    n = int(margin * 60.0 * minutes / seconds_per_step)
+    return max(chunk, n // chunk * chunk)
+
+
+def fit_steps_to_time(cfg: Config, trainer: Trainer, log=print) -> Config:
+    """`cfg` with max_steps set to the steps that fit in its time limit, timed on `trainer` (whose
+    state is left as it was): the learning-rate schedule then ends inside the limit on this machine."""
+    timed = max(20, cfg.log_every)
+    seconds = trainer.seconds_per_step(steps=timed)
+    steps = steps_that_fit(seconds, cfg.time_limit_minutes, chunk=cfg.log_every)
+    log(f"timed {timed} steps: {1000 * seconds:.0f} ms per step on this machine, so {steps:,} steps fill "
+        f"{FIT_MARGIN:.0%} of the {cfg.time_limit_minutes:g}-minute limit (the preset's plan: "
+        f"{cfg.total_steps(trainer.num_examples):,})")
+    return cfg.replace(max_steps=steps, fit_steps_to_time=True)
+
+
 def _cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -77,11 +100,13 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     images, labels = load_split(cfg.dataset, "train", data_dir=data_dir, manual_dir=manual_dir,
                                 limit=cfg.train_limit)
     cfg.validate(num_train_examples=len(images))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json())
-
     model = create_unet(cfg.model, seed=cfg.seed)
     trainer = Trainer(cfg, model, images, labels)
+    if cfg.fit_steps_to_time and not resume:  # a resumed run keeps the plan in its config.json
+        cfg = fit_steps_to_time(cfg, trainer, log=log)
+        trainer = Trainer(cfg, model, images, labels)  # the same initial weights, the fitted LR schedule
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())
     ckpt = CheckpointManager(out / "checkpoints", keep=cfg.keep_checkpoints)
     if resume:
         step = ckpt.restore_latest(trainer)

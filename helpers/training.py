@@ -304,8 +304,8 @@ class Trainer:
         start = self.step
         jax.block_until_ready(self.run_chunk(start, 1))  # compile
         t0 = time.perf_counter()
-        jax.block_until_ready(self.run_chunk(start + 1, steps))
-        dt = (time.perf_counter() - t0) / steps
+        metrics = jax.block_until_ready(self.run_chunk(start + 1, steps))
+        dt = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)  # a short run may stop before `steps`
         nnx.update((self.model, self.optimizer, self.ema), saved)
         return dt
 

@@ -111,6 +111,9 @@ def _check_same_config(run_dir: Path, cfg) -> None:
         return {**{k: v for k, v in d.items() if k != "model"}, **d["model"]}
 
     saved, wanted = flat(Config.from_dict(read_config(run_dir))), flat(cfg)
+    if saved["fit_steps_to_time"] and wanted["fit_steps_to_time"]:  # the saved max_steps is the fitted plan
+        saved.pop("max_steps")
+        wanted.pop("max_steps")
     changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed[:4])

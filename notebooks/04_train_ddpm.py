@@ -80,7 +80,10 @@ for k in paper:
 # %%
 images, labels = data.load_split(cfg.dataset, "train", limit=cfg.train_limit)
 print(f"{len(images):,} training images; {data.steps_per_epoch(len(images), cfg.batch_size):,} steps per "
-      f"epoch at batch {cfg.batch_size}; this run: {cfg.total_steps(len(images)):,} steps")
+      f"epoch at batch {cfg.batch_size}; the preset's plan: {cfg.total_steps(len(images)):,} steps")
+if cfg.fit_steps_to_time:
+    print(f"fit_steps_to_time: the run times its first steps and sets its number of steps to what fills "
+          f"{cfg.time_limit_minutes:g} minutes on this machine")
 
 # %% [markdown]
 # ## 3. Model
@@ -210,6 +213,12 @@ for s in range(3):
 # every `checkpoint_every` steps, stops with a clear message on a NaN loss, and writes the run
 # folder. If this notebook is stopped, run the cell again: it resumes from the last checkpoint.
 # (From a terminal: `python scripts/train.py --preset cpu`.)
+#
+# The `cpu` preset sets `fit_steps_to_time`: before training, the run times a few compiled steps
+# and sets `max_steps` to what fills 92% of the 20-minute limit on *this* machine, so the
+# learning rate always finishes its decay (a run cut off by the time limit half-way down the
+# cosine would stop with a high learning rate and rougher samples). The plan is written to the
+# run's `config.json`, so a resumed run keeps it. Set `max_steps` yourself to turn this off.
 
 # %%
 run_dir = tutorial.tutorial_run_dir(PRESET)
@@ -238,8 +247,11 @@ tutorial.show(fig, "training_curve")
 # ## 11. Digits from noise: DDIM with the EMA weights
 #
 # Sampling starts from pure noise $x_T \sim \mathcal N(0, I)$ and applies the trained denoiser
-# step by step. DDIM (Song et al. 2021) takes large deterministic steps, so 50-100 network calls
-# suffice instead of DDPM's 1,000; notebook 05 compares the two.
+# step by step. DDIM (Song et al. 2021) takes large steps, so 50-100 network calls suffice instead
+# of DDPM's 1,000. Its $\eta$ sets how much fresh noise each step adds: $\eta = 0$ is
+# deterministic, $\eta = 1$ is DDPM on the shorter subsequence. The `cpu` preset samples with
+# DDIM-100 and $\eta = 1$, which notebook 05 measures to draw clearly better digits from a briefly
+# trained model than the deterministic sampler.
 
 # %%
 t0 = time.perf_counter()
@@ -259,9 +271,9 @@ tutorial.show(fig, "samples")
 # %% [markdown]
 # ## 12. What to expect, and troubleshooting
 #
-# **What to expect.** On 2 CPU cores the `cpu` preset trains for about 20 minutes; the first
-# recognisable digits appear after a few hundred steps, and the last thousand steps (low learning
-# rate) sharpen them. On a GPU the `paper` preset runs 50 epochs (about 11.7k steps of batch 256);
+# **What to expect.** On 2 CPU cores the `cpu` preset trains for about 20 minutes (a faster
+# machine fits more steps into them, a slower one fewer); the first recognisable digits appear
+# after a few hundred steps, and the last thousand steps (low learning rate) sharpen them. On a GPU the `paper` preset runs 50 epochs (about 11.7k steps of batch 256);
 # see the README for measured times.
 #
 # **GPU memory (TensorFlow and JAX).** TFDS imports TensorFlow, which by default grabs all GPU
@@ -279,7 +291,8 @@ tutorial.show(fig, "samples")
 # the data range ([-1, 1], not [0, 255]) and the learning rate (the warmup must finish).
 #
 # **Blurry or blobby samples.** Train longer (the last part of the cosine decay matters), sample
-# from the EMA weights, and use at least 50 DDIM steps; `x0` clipping to [-1, 1] is on by default.
+# from the EMA weights, use at least 50 DDIM steps and try $\eta = 1$ (stochastic steps correct
+# a young model's errors; notebook 05); `x0` clipping to [-1, 1] is on by default.
 # Blobs that look like no digit mean the model is under-trained: that is what the first minutes of
 # a CPU run produce.
 #

@@ -91,7 +91,8 @@ def step_seconds(cfg):
 
 configs, seconds = {}, {}
 for name, change in variants.items():
-    configs[name] = base.replace(**change, time_limit_minutes=None, num_samples=NUM_SAMPLES, sample_steps=25)
+    configs[name] = base.replace(**change, time_limit_minutes=None, fit_steps_to_time=False,
+                                 num_samples=NUM_SAMPLES, sample_steps=25)
 if not TINY:
     for name in ("baseline", "small UNet", "large UNet"):
         seconds[name] = step_seconds(configs[name])

@@ -20,6 +20,26 @@ def test_lr_schedule_values():
     assert float(f(mid)) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5, rel=1e-3)
 
 
+def test_steps_that_fit_the_time_limit():
+    from helpers.runs import steps_that_fit
+
+    assert steps_that_fit(0.1, 1.0, chunk=50, margin=0.92) == 550  # 0.92 * 60 s / 0.1 s = 552 -> whole chunks
+    assert steps_that_fit(0.1, 1.0, chunk=1, margin=1.0) == 600
+    assert steps_that_fit(100.0, 0.01, chunk=4) == 4  # never less than one chunk
+    with pytest.raises(ValueError, match="positive"):
+        steps_that_fit(0.0, 1.0)
+
+
+def test_an_explicit_step_count_turns_fitting_off():
+    fitted = get_config("tiny", fit_steps_to_time=True, time_limit_minutes=1.0)
+    assert fitted.fit_steps_to_time
+    assert not fitted.replace(max_steps=100).fit_steps_to_time
+    assert not fitted.replace(epochs=2).fit_steps_to_time
+    assert fitted.replace(max_steps=100, fit_steps_to_time=True).fit_steps_to_time  # unless asked for both
+    with pytest.raises(ValueError, match="needs a time limit"):
+        get_config("tiny", fit_steps_to_time=True)
+
+
 def test_ema_decay_warmup_formula():
     assert float(ema_decay_at(0.9999, 0)) == pytest.approx(0.1)
     assert float(ema_decay_at(0.9999, 90)) == pytest.approx(91 / 100)

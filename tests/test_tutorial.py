@@ -18,3 +18,21 @@ def test_a_run_with_other_settings_is_refused_and_left_alone(tmp_path):
         ensure_run(run, get_config("tiny", hidden_dims=(4, 8)))
     assert (run / "config.json").read_text() == saved
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_a_run_fitted_to_its_time_limit_records_its_plan_and_is_reused(tmp_path, tfds_dir, mnist_archives, capsys):
+    import json
+    import re
+
+    cfg = get_config("tiny", fit_steps_to_time=True, time_limit_minutes=0.1)
+    run = tmp_path / "fitted"
+    _, _, summary = ensure_run(run, cfg, progress=False)
+    said = re.search(r"timed \d+ steps: \d+ ms per step on this machine, so ([\d,]+) steps fill", capsys.readouterr().out)
+    assert said, "the run should say how it planned its steps"
+    saved = json.loads((run / "config.json").read_text())
+    # the plan written before training is the one it announced, in whole chunks of log_every steps
+    assert saved["fit_steps_to_time"] is True and saved["max_steps"] == int(said.group(1).replace(",", ""))
+    assert saved["max_steps"] % cfg.log_every == 0 and summary["steps"] <= saved["max_steps"]
+    # asking again for the same (fitted) preset reuses the run instead of refusing the changed max_steps
+    _, _, again = ensure_run(run, cfg, progress=False)
+    assert again == summary
