@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 03 · The UNet, piece by piece
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 28 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 20 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The network's job is to look at a noisy image $x_t$ and the timestep $t$ and predict the noise
@@ -109,11 +109,12 @@ for name, shape in shape_trace(paper):
 #
 # ## 5. Parameter counts per preset
 #
-# The `cpu` preset needs a model that learns in 20 minutes on two cores. Instead of shrinking the
-# UNet until it is useless, it first folds each 4x4 (or 2x2) patch of pixels into channels
-# (**space-to-depth**): 32x32x1 becomes 8x8x16, and the UNet works at 8x8 and 4x4 where
-# convolutions are cheap. The final layer unfolds the channels back into pixels. Vision
-# Transformers and latent diffusion models make the same trade.
+# The `cpu` preset needs a model that learns in 20 minutes on two cores. It first folds each 2x2
+# patch of pixels into channels (**space-to-depth**): 32x32x1 becomes 16x16x4, and the UNet works
+# at 16x16, 8x8 and 4x4, where convolutions are about 4x cheaper per image. The final layer unfolds
+# the channels back into pixels. Vision Transformers and latent diffusion models make the same
+# trade. It is also narrow (16/32/64 channels): at a budget of minutes, a small model that takes
+# more steps beats a wider one (notebook 06 and the README's measurements).
 
 # %%
 rows = []
@@ -128,8 +129,8 @@ for name, ch, nb, p, res, att, n in rows:
 
 # %% [markdown]
 # The `paper` model has about 15.3 million parameters (the reference tutorial's UNet, and the same
-# count as the equivalent `diffusers` `UNet2DModel`); `cpu` has about 2.6 million and `tiny` a few
-# thousand, for tests.
+# count as the equivalent `diffusers` `UNet2DModel`); `cpu` has about 0.7 million and `tiny` about
+# 43 thousand, for tests.
 
 # %%
 model = create_unet(get_config(PRESET).model, seed=0)
