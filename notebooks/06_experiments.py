@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 23 min 19 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 23 min 26 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
@@ -107,16 +107,16 @@ for name, cfg in configs.items():
           f"-> {steps:5d} steps ({steps * cfg.batch_size / len(images):.2f} epochs)")
 
 # %% [markdown]
-# The small UNet is cheaper per step but not in proportion to its parameter count: at these sizes
-# much of a step is fixed cost (normalization, attention, the optimizer update, dispatch), so
-# halving the channels does not halve the time. The large UNet costs several times more per step
-# and gets correspondingly fewer steps.
+# The small UNet (8/16/32) has a quarter of the baseline's parameters but costs only 1.6x less per
+# step: at these sizes much of a step is fixed cost (normalization, attention, the optimizer update,
+# dispatch), so halving the channels does not halve the time. The large UNet (32/64/128, the
+# previous `cpu` preset) costs 2.4x more per step and gets correspondingly fewer steps.
 #
 # ## 3. Training every variant
 #
 # Runs are saved under `runs/experiments-<preset>/`; a finished variant is reused when the
-# notebook is run again. Each run ends by drawing its DDIM-25 samples with the EMA weights
-# (`samples.npy` in the run folder); we score those.
+# notebook is run again. Each run ends by drawing its DDIM-25 samples with the EMA weights and
+# the preset's $\eta = 1$ (`samples.npy` in the run folder); we score those.
 
 # %%
 evaluator = get_evaluator(quick=TINY)
@@ -156,32 +156,41 @@ tutorial.show(fig, "variants_side_by_side")
 # %% [markdown]
 # How to read the table and the grids (one row of samples per variant, same seeds):
 #
-# - **Every run is short**: 150 s is about 400 steps (0.2 epochs) of the baseline, and every
-#   Frechet distance (1,400-2,300) is far above that of real digits (about 50 at N = 200). The
+# - **Every run is short**: 150 s is about 1,200 steps (0.65 epochs) of the baseline, and every
+#   Frechet distance (1,000-1,500) is far above that of real digits (about 50 at N = 200). The
 #   strokes are speckled and many shapes are not yet digits. This is a comparison of how fast each
 #   recipe *starts* to learn, which is what a reader with a few minutes of CPU cares about; the
 #   20-minute comparisons in the README ("The cpu preset") are the long-run counterpart.
-# - **Noise in the scores**: with 200 samples, a confident share of 20% has a standard error of
-#   about 3 points, so differences below ~6 points (Huber vs MSE, uniform vs min-SNR weighting
-#   here) are not evidence either way.
-# - **Model size dominates at equal time.** The small UNet (0.7M parameters) runs 2.4x more steps
-#   than the baseline (954 vs 400) and has the best Frechet distance and confident share; the
-#   large one (10.5M) gets 118 steps and still draws noise (its denoising error, 0.39, is 3-4x the
-#   others'); its 24.5% confident share is the classifier being confident on noise (notebook 08
-#   shows it can be), a reminder to read that share next to the Frechet distance. Parameters cost
-#   time, and at a few minutes the model that takes more steps wins.
-# - **The prediction target is visible by eye**: epsilon-prediction leaves speckled backgrounds,
-#   and the classifier is least often confident on it (14.5%). The sampler recovers the image as
-#   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error
-#   in $\hat\varepsilon$, most of all at the noisy steps where $\bar\alpha_t$ is small. v-prediction, the baseline, gives cleaner backgrounds early;
-#   at 20 minutes each the same switch raised the confident share from 61% to 70% (README).
+# - **Equal compute is approximate on a shared machine**: the step counts come from steps timed
+#   before training, and the runs then took 169-183 s instead of 150 (the machine was slower while
+#   they ran) and the small UNet 135 s. Read differences of a few percent in time as noise.
+# - **Noise in the scores**: with 200 samples, a confident share of 40% has a standard error of
+#   about 3.5 points, so differences below ~7 points (the baseline, Huber loss and the linear
+#   schedule here, 38.5-42%) are not evidence either way; the Frechet distance separates them
+#   more clearly (the baseline's 1,042 is the best of the table).
+# - **The model size of the preset is a sweet spot at this budget.** The small UNet (8/16/32) takes
+#   57% more steps but scores worse (FD 1,215, 31.5% confident): too little capacity. The large one
+#   (32/64/128, the previous `cpu` preset) gets only 519 steps and is the worst row (FD 1,483,
+#   24.5%). Parameters cost time, and the best model for a few minutes of CPU is the one that
+#   balances capacity against steps; the README's 20-minute runs found the same between 16/32/64
+#   and 32/64/128.
+# - **The prediction target is visible by eye**: epsilon-prediction draws thick, blotchy shapes, and
+#   the classifier is confident on only 27.5% of them (v-prediction, the baseline: 40.5%). The
+#   sampler recovers the image as $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$,
+#   which amplifies any error in $\hat\varepsilon$, most of all at the noisy steps where
+#   $\bar\alpha_t$ is small. v-prediction gives clean images earlier; at 20 minutes each the same
+#   switch raised the confident share from 61% to 70% (README).
+# - **Min-SNR weighting helps a little**: uniform weighting is worse on both figures (FD 1,230,
+#   35.5%), in line with its purpose (Hang et al. 2023: the nearly clean timesteps dominate an
+#   unweighted loss and slow learning of the others).
 # - **The denoising error is a fair yardstick within one schedule, not across schedules**: the
-#   linear schedule has the lowest (0.060) but worse samples (FD 2,038, 15.5% confident). Its
+#   linear schedule has by far the lowest (0.049) but a worse Frechet distance (1,356). Its
 #   alpha_bar falls fast, so many of its timesteps are almost pure noise, where predicting the noise
 #   is easy (x_t is nearly the noise itself); averaged over uniform t, that flatters it.
 # - **The seed decides the digit, the recipe decides how clean it is**: the same column looks alike
-#   in every row, because every variant starts from the same noise; the reverse process is close to
-#   deterministic (DDIM, eta = 0) and early models agree on the coarse shape.
+#   in most rows, because every variant starts from the same noise and draws the same sampler noise;
+#   early models agree on the coarse shape. The linear schedule's row differs most: its noise
+#   levels, and so the path from noise to image, are different.
 # - The **training loss** column mixes different quantities (Huber vs squared error, v vs epsilon
 #   targets, weighted vs unweighted) and must not be compared across rows.
 #
@@ -192,5 +201,6 @@ tutorial.show(fig, "variants_side_by_side")
 # ## Summary
 # One table, one budget, every variant trained for real. Use the sample scores (and the denoising
 # error within one schedule), not the training loss, to compare objectives. At a budget of minutes,
-# steps per second matter most: a smaller model and a target that gives clean images early
-# (v-prediction) are the choices that pay off first.
+# steps per second matter, up to a point: a model small enough to take many steps but not so small
+# that it cannot learn the digits, and a target that gives clean images early (v-prediction), are the
+# choices that pay off first.
