@@ -32,7 +32,7 @@ def _manager(directory: Path, keep: int, create: bool = True) -> ocp.CheckpointM
 
 def _pure(trainer) -> dict:
     """The trainer's state as plain arrays: typed PRNG keys become their raw key data."""
-    state = nnx.state((trainer.model, trainer.optimizer, trainer.ema))
+    state = nnx.state(trainer.modules())
     pure = nnx.to_pure_dict(state)
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, pure)
 
@@ -97,16 +97,16 @@ class CheckpointManager:
         if int(meta["step"]) != step:
             raise CheckpointError(f"checkpoint {step} says it is step {meta['step']}")
         # Typed PRNG keys: rebuild them from their raw data, as they were saved.
-        live = nnx.to_pure_dict(nnx.state((trainer.model, trainer.optimizer, trainer.ema)))
+        live = nnx.to_pure_dict(nnx.state(trainer.modules()))
         pure = jax.tree.map(lambda new, old: jax.random.wrap_key_data(new) if _is_key(old) else new,
                             pure, live)
         bad = [p for p, x in jax.tree_util.tree_leaves_with_path(pure)
                if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and not bool(jax.numpy.all(jax.numpy.isfinite(x)))]
         if bad:
             raise CheckpointError(f"checkpoint {step} holds non-finite values")
-        state = nnx.state((trainer.model, trainer.optimizer, trainer.ema))
+        state = nnx.state(trainer.modules())
         nnx.replace_by_pure_dict(state, pure)
-        nnx.update((trainer.model, trainer.optimizer, trainer.ema), state)
+        nnx.update(trainer.modules(), state)
         trainer.data_key = jax.random.wrap_key_data(np.asarray(meta["data_key"], np.uint32))
         trainer.step_key = jax.random.wrap_key_data(np.asarray(meta["step_key"], np.uint32))
         trainer._order_epoch = None  # the cached epoch order belongs to the old key
@@ -126,7 +126,8 @@ def read_config(run_dir) -> dict:
 def load_run(run_dir, step: int | None = None):
     """Rebuild a run's Trainer from its folder and load its newest readable checkpoint.
 
-    Returns (config, trainer); `trainer.ema.model` is the EMA model to sample from.
+    Returns (config, trainer); `trainer.ema.model` is the EMA model to sample from. `step` loads
+    that checkpoint instead of the newest (one of those still kept: `CheckpointManager.steps()`).
     """
     from helpers.config import Config
     from helpers.training import Trainer
@@ -136,6 +137,11 @@ def load_run(run_dir, step: int | None = None):
     placeholder = np.zeros((cfg.batch_size, 28, 28, 1), np.uint8)  # shapes only; no data needed
     trainer = Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), placeholder, total_steps=1)
     mngr = CheckpointManager(Path(run_dir) / "checkpoints", keep=cfg.keep_checkpoints)
+    if step is not None:
+        if step not in mngr.steps():
+            raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; it keeps steps {mngr.steps()}.")
+        mngr._restore(trainer, step)
+        return cfg, trainer
     if mngr.restore_latest(trainer) is None:
         raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {mngr.directory}).")
     return cfg, trainer

@@ -113,7 +113,9 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         log(f"resumed {out} at step {step}" if step is not None else f"no checkpoint in {out}: starting at step 0")
     log(f"{cfg.preset} preset on {machine_description()}: UNet {cfg.model.channels}, "
         f"{count_params(model):,} parameters; {trainer.total_steps} steps of batch {cfg.batch_size} "
-        f"({trainer.total_steps / trainer.steps_per_epoch:.2f} epochs of {trainer.num_examples} images)")
+        f"({trainer.total_steps / trainer.steps_per_epoch:.2f} epochs of {trainer.num_examples} images)"
+        + (f"; the EMA weights at step {trainer.guide_step} are kept as the autoguidance guide"
+           if trainer.guide is not None else ""))
 
     last_saved = [trainer.step]
 
@@ -142,11 +144,19 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
 
     plt.close(plot_training_curve(trainer.history, path=out / "training_curve.png",
                                   title=f"{cfg.preset}: loss and learning rate"))
+    guided = cfg.autoguidance_scale != 1.0
+    if guided and not trainer.guide.ready:  # e.g. a time limit that stopped the run before the guide's step
+        log(f"the run stopped before its autoguidance guide was taken (step {trainer.guide_step}): "
+            f"sampling without autoguidance")
+        guided = False
     t1 = time.perf_counter()
-    x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples))  # EMA weights
+    x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples,  # EMA weights
+                                  autoguidance_scale=cfg.autoguidance_scale if guided else 1.0))
     sample_seconds = time.perf_counter() - t1
     np.save(out / "samples.npy", x)
     title = f"{cfg.sampler.upper()}-{cfg.sample_steps} samples (EMA weights), step {trainer.step}"
+    if guided:
+        title += f", autoguidance w = {cfg.autoguidance_scale:g}"
     shown, ncols = x, None
     if cfg.model.num_classes:  # labels 0, 1, ..., 9 in turn: one column per class, ten rows
         title += f"\ncolumn = label, guidance w = {cfg.guidance_scale:g}"
@@ -162,6 +172,8 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "parameters": count_params(trainer.model), "sample_seconds": round(sample_seconds, 1),
         "num_samples": int(len(x)), "run_dir": str(out),
+        "autoguidance": {"scale": cfg.autoguidance_scale, "guide_step": int(trainer.guide.taken_at.value)}
+        if guided else None,
     }
     if evaluate and cfg.dataset == "mnist":  # the evaluation classifier knows digits only
         from helpers.metrics import evaluate_samples

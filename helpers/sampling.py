@@ -101,15 +101,28 @@ def model_output(model, x, t, labels=None, guidance_scale: float | None = None):
     return uncond + guidance_scale * (cond - uncond)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "prediction", "clip_x0", "trajectory"))
-def _sample_scan(graphdef, state, sampler, x_T, pairs, key, labels, guidance_scale, prediction, clip_x0, trajectory):
+def autoguided_output(model, guide, x, t, labels=None, guidance_scale=None, autoguidance_scale=None):
+    """Autoguidance (Karras et al. 2024, eq. 2): out = out_guide + w (out_model - out_guide), where the
+    guide is a weaker version of the same model (here: its EMA weights early in training). It pushes
+    samples away from what the weak model gets wrong, towards the typical images of the data."""
+    out = model_output(model, x, t, labels, guidance_scale)
+    if guide is None or autoguidance_scale is None:
+        return out
+    weak = model_output(guide, x, t, labels, guidance_scale)
+    return weak + autoguidance_scale * (out - weak)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "guide_graphdef", "prediction", "clip_x0", "trajectory"))
+def _sample_scan(graphdef, state, guide_graphdef, guide_state, sampler, x_T, pairs, key, labels, guidance_scale,
+                 autoguidance_scale, prediction, clip_x0, trajectory):
     model = nnx.merge(graphdef, state)
+    guide = None if guide_graphdef is None else nnx.merge(guide_graphdef, guide_state)
     schedule = sampler.schedule
     keys = jax.random.split(key, pairs.shape[0])
 
     def body(x, inputs):
         (t, t_prev), k = inputs
-        out = model_output(model, x, t, labels, guidance_scale)
+        out = autoguided_output(model, guide, x, t, labels, guidance_scale, autoguidance_scale)
         tb = jnp.full((x.shape[0],), t)
         x0_hat, eps_hat = to_x0_and_eps(prediction, out, x, schedule, tb)
         if clip_x0:  # keep x0 in the data range, then make eps consistent with it
@@ -125,9 +138,13 @@ def _sample_scan(graphdef, state, sampler, x_T, pairs, key, labels, guidance_sca
 def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_samples: int, *,
            sampler: str = "ddim", steps: int = 100, eta: float = 0.0, prediction: str = "epsilon",
            clip_x0: bool = True, labels=None, guidance_scale: float | None = None,
+           guide: nnx.Module | None = None, autoguidance_scale: float | None = None,
            return_trajectory: bool = False, batch_size: int = 500, image_shape=None, x_T=None):
     """Draw `num_samples` images in [-1, 1], (N, H, W, C), from `model` (pass the EMA model to use
     EMA weights, as `scripts/` and the notebooks do).
+
+    With a `guide` model (a weaker version of `model`) and `autoguidance_scale` w > 1, every step
+    uses autoguidance (`autoguided_output`); each step then costs two network evaluations.
 
     `x_T` gives the starting noise yourself (e.g. `slerp` between two seeds); by default it is
     drawn from `key`. With `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each of
@@ -140,6 +157,14 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
     eval_model = nnx.clone(model)
     eval_model.eval()
     graphdef, state = nnx.split(eval_model)
+    guide_graphdef = guide_state = None
+    if guide is not None and autoguidance_scale is not None:
+        eval_guide = nnx.clone(guide)
+        eval_guide.eval()
+        guide_graphdef, guide_state = nnx.split(eval_guide)
+        autoguidance_scale = jnp.float32(autoguidance_scale)
+    else:
+        autoguidance_scale = None
     cfg = getattr(model, "cfg", None)
     shape = tuple(image_shape or (cfg.image_size, cfg.image_size, cfg.in_channels))
     key_x, key_steps = jax.random.split(key)
@@ -152,10 +177,10 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
     outs, trajs = [], []
     for i, start in enumerate(range(0, num_samples, batch_size)):
         sl = slice(start, start + batch_size)
-        x, traj = _sample_scan(graphdef, state, smp, x_T[sl], pairs, jax.random.fold_in(key_steps, i),
-                               None if labels is None else labels[sl],
+        x, traj = _sample_scan(graphdef, state, guide_graphdef, guide_state, smp, x_T[sl], pairs,
+                               jax.random.fold_in(key_steps, i), None if labels is None else labels[sl],
                                None if guidance_scale is None else jnp.float32(guidance_scale),
-                               prediction, clip_x0, return_trajectory)
+                               autoguidance_scale, prediction, clip_x0, return_trajectory)
         outs.append(x)
         trajs.append(traj)
     x = jnp.clip(jnp.concatenate(outs), -1.0, 1.0)

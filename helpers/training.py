@@ -94,6 +94,36 @@ class EMA(nnx.Module):
         self.count.value = self.count.value + do.astype(jnp.int32)
 
 
+class GuideStep(nnx.Variable):
+    """The step at which the guide's weights were taken (-1: not yet)."""
+
+
+class Guide(nnx.Module):
+    """The weak model of autoguidance (Karras et al. 2024): a frozen copy of the EMA weights taken
+    once, early in the run (`Config.guide_fraction`), checkpointed with the rest of the state."""
+
+    def __init__(self, model: nnx.Module):
+        self.model = nnx.clone(model)
+        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
+        self.taken_at = GuideStep(jnp.array(-1, jnp.int32))
+
+    def take(self, model: nnx.Module, step: int) -> None:
+        """Copy `model`'s weights (the EMA model) into the guide, recording the step."""
+        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
+        self.taken_at.value = jnp.array(step, jnp.int32)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the weights have been taken (before that the guide holds the initial weights)."""
+        return int(self.taken_at.value) >= 0
+
+
+def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
+    """The step at which the guide is taken: `fraction` of the run, rounded to a whole chunk (the
+    trainer reads its state only between chunks), at least one chunk and at most the whole run."""
+    return int(min(total_steps, max(chunk, round(fraction * total_steps / chunk) * chunk)))
+
+
 # ----------------------------------------------------------------------------- the step
 
 
@@ -167,6 +197,9 @@ class Trainer:
         self.model = model
         self.optimizer = make_optimizer(model, self.lr_schedule, cfg.weight_decay, cfg.grad_clip)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
+        self.guide = Guide(self.ema.model) if cfg.guide_fraction else None
+        self.guide_step = (guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every)
+                           if cfg.guide_fraction else None)
 
         devices = list(devices or jax.local_devices())
         if cfg.batch_size % len(devices):
@@ -197,10 +230,14 @@ class Trainer:
         """The number of optimiser steps taken so far (the global step)."""
         return int(self.optimizer.step.value)
 
+    def modules(self) -> tuple:
+        """What a checkpoint holds: model, optimiser, EMA and, with autoguidance, the guide."""
+        return (self.model, self.optimizer, self.ema) + ((self.guide,) if self.guide is not None else ())
+
     def place_on_mesh(self) -> None:
         """Put model, optimiser and EMA on the mesh (replicated), so every chunk sees the same shardings."""
-        state = nnx.state((self.model, self.optimizer, self.ema))
-        nnx.update((self.model, self.optimizer, self.ema), jax.device_put(state, self._replicated))
+        state = nnx.state(self.modules())
+        nnx.update(self.modules(), jax.device_put(state, self._replicated))
 
     def _step(self, state, images, labels, order, step_key, step):
         """One compiled step on the pure state (split/merge around the NNX `train_step`)."""
@@ -273,6 +310,8 @@ class Trainer:
                     if (s + 1) % self.steps_per_epoch == 0 and print_epochs:
                         tqdm.write(f"epoch {epoch + 1}: avg loss {np.mean(epoch_losses):.4f}")
                         epoch_losses = []
+                if self.guide is not None and step < self.guide_step <= step + n:
+                    self.guide.take(self.ema.model, step + n)  # before any checkpoint of a later step
                 step += n
                 bar.update(n)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lrs[-1]:.2e}", img_s=f"{ips:.0f}")
@@ -295,6 +334,16 @@ class Trainer:
         opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
         if cfg.model.num_classes:
             opts.update(labels=jnp.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
+        w = kwargs.pop("autoguidance_scale", cfg.autoguidance_scale)
+        if w is not None and w < 1.0:
+            raise ValueError(f"autoguidance_scale must be at least 1 (1 turns autoguidance off), got {w}.")
+        if w is not None and w != 1.0:
+            if self.guide is None or not self.guide.ready:
+                raise ValueError("Autoguidance needs the run's guide model, and this run has none "
+                                 + ("(it was trained without --guide-fraction)." if self.guide is None else
+                                    f"yet (it is taken after {cfg.guide_fraction:.0%} of the run).")
+                                 + " Sample with autoguidance_scale 1 (--autoguidance-scale 1).")
+            opts.update(guide=self.guide.model, autoguidance_scale=w)
         opts.update(kwargs)
         return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
 

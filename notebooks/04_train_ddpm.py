@@ -219,6 +219,11 @@ for s in range(3):
 # learning rate always finishes its decay (a run cut off by the time limit half-way down the
 # cosine would stop with a high learning rate and rougher samples). The plan is written to the
 # run's `config.json`, so a resumed run keeps it. Set `max_steps` yourself to turn this off.
+#
+# It also sets `guide_fraction = 0.15`: at 15% of the steps the run copies its EMA weights into a
+# frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
+# (section 11, notebook 05). The copy costs nothing during training and is saved in every later
+# checkpoint.
 
 # %%
 run_dir = tutorial.tutorial_run_dir(PRESET)
@@ -251,15 +256,19 @@ tutorial.show(fig, "training_curve")
 # of DDPM's 1,000. Its $\eta$ sets how much fresh noise each step adds: $\eta = 0$ is
 # deterministic, $\eta = 1$ is DDPM on the shorter subsequence. The `cpu` preset samples with
 # DDIM-100 and $\eta = 1$, which notebook 05 measures to draw clearly better digits from a briefly
-# trained model than the deterministic sampler.
+# trained model than the deterministic sampler, and with *autoguidance* (Karras et al. 2024): at
+# every step it also asks the guide (the EMA weights at 15% of training) and extrapolates away
+# from it, $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$ with $w = 2$. Notebook 05 shows
+# what that does to the digits and scores it.
 
 # %%
 t0 = time.perf_counter()
 samples = trainer.sample(jax.random.key(2026), 100 if PRESET != "tiny" else 16)  # EMA weights
 samples.block_until_ready()
 print(f"{len(samples)} samples with {cfg_run.sampler.upper()}-{cfg_run.sample_steps} in {time.perf_counter() - t0:.1f} s")
+guided = f", autoguidance w = {cfg_run.autoguidance_scale:g}" if cfg_run.autoguidance_scale != 1 else ""
 fig = plot_samples(samples, title=f"{cfg_run.sampler.upper()}-{cfg_run.sample_steps} samples, EMA weights, "
-                   f"step {summary['steps']}", ncols=10)
+                   f"step {summary['steps']}{guided}", ncols=10)
 tutorial.show(fig, "samples")
 
 # %% [markdown]

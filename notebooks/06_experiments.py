@@ -92,7 +92,8 @@ def step_seconds(cfg):
 configs, seconds = {}, {}
 for name, change in variants.items():
     configs[name] = base.replace(**change, time_limit_minutes=None, fit_steps_to_time=False,
-                                 num_samples=NUM_SAMPLES, sample_steps=25)
+                                 num_samples=NUM_SAMPLES, sample_steps=25,
+                                 guide_fraction=None, autoguidance_scale=1.0)  # training choices only
 if not TINY:
     for name in ("baseline", "small UNet", "large UNet"):
         seconds[name] = step_seconds(configs[name])

@@ -49,7 +49,8 @@ TINY = PRESET == "tiny"
 # preset's sampler (DDIM-100, $\eta = 1$).
 
 # %%
-overrides = dict(num_classes=10, label_dropout=0.1)
+# autoguidance (the preset's other guidance, notebook 05) stays off: this notebook studies classifier-free guidance alone
+overrides = dict(num_classes=10, label_dropout=0.1, guide_fraction=None, autoguidance_scale=1.0)
 if not TINY:  # as many steps as fit in 12 minutes on this machine (the preset's fit_steps_to_time)
     overrides.update(time_limit_minutes=12.0)
 cfg = get_config(PRESET, **overrides)

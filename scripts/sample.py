@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="class-conditional runs: classifier-free guidance w (default: the run's); labels 0-9 in turn")
+    p.add_argument("--autoguidance-scale", type=float, default=None,
+                   help="autoguidance w with the run's guide model (default: the run's; 1 turns it off)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--trajectory", action="store_true", help="also write a strip and a GIF of the reverse process")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sample-<sampler>-<steps>)")
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
                 raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
             cfg.replace(guidance_scale=args.guidance_scale).validate()  # the config's own checks
             opts["guidance_scale"] = args.guidance_scale
+        if args.autoguidance_scale is not None:
+            opts["autoguidance_scale"] = args.autoguidance_scale
         t0 = time.perf_counter()
         result = trainer.sample(jax.random.key(args.seed), args.n, use_ema=not args.raw, **opts)
     except (ValueError, CheckpointError) as err:

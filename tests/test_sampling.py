@@ -94,7 +94,8 @@ def test_trainer_samples_a_conditional_model_with_labels_in_turn_and_guidance():
     from helpers.config import get_config
     from helpers.training import Trainer
 
-    cfg = get_config("tiny", model=TINY.replace(num_classes=10), num_timesteps=50, guidance_scale=2.0)
+    cfg = get_config("tiny", model=TINY.replace(num_classes=10), num_timesteps=50, guidance_scale=2.0,
+                     guide_fraction=None, autoguidance_scale=1.0)
     model = create_unet(cfg.model, seed=3)
     trainer = Trainer(cfg, model, np.zeros((cfg.batch_size, 28, 28, 1), np.uint8), total_steps=1)
     from flax import nnx  # random weights: the zero-initialised output layer would ignore the label
@@ -117,3 +118,38 @@ def test_negative_guidance_scale_is_refused():
 
     with pytest.raises(ValueError, match="guidance_scale must not be negative"):
         get_config("tiny", guidance_scale=-1.0)
+
+
+def _randomised(model, seed):
+    """The model with random weights (the zero-initialised output layer would make every model agree)."""
+    from flax import nnx
+
+    params = nnx.state(model, nnx.Param)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(model, jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+    return model
+
+
+def test_autoguidance_formula():
+    from helpers.sampling import autoguided_output
+
+    good, weak = _randomised(create_unet(TINY, seed=0), 1), _randomised(create_unet(TINY, seed=0), 2)
+    x = jax.random.normal(jax.random.key(3), (2, 32, 32, 1))
+    tt = jnp.full((2,), 7)
+    g, b = good(x, tt), weak(x, tt)
+    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, autoguidance_scale=2.5), b + 2.5 * (g - b),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, autoguidance_scale=1.0), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(autoguided_output(good, None, x, 7, autoguidance_scale=2.5), g)  # no guide: off
+
+
+def test_sampling_with_a_guide():
+    good, weak = _randomised(create_unet(TINY, seed=0), 1), _randomised(create_unet(TINY, seed=0), 2)
+    s = NoiseSchedule.create("cosine", 50)
+    key = jax.random.key(0)
+    plain = sample(good, s, key, 3, steps=4, eta=1.0)
+    same = sample(good, s, key, 3, steps=4, eta=1.0, guide=good, autoguidance_scale=3.0)
+    np.testing.assert_allclose(same, plain, atol=1e-5)  # a guide equal to the model changes nothing
+    guided = sample(good, s, key, 3, steps=4, eta=1.0, guide=weak, autoguidance_scale=3.0)
+    assert guided.shape == plain.shape and not np.allclose(guided, plain, atol=1e-3)

@@ -64,6 +64,10 @@ def test_sample_script_reads_the_run(tiny_run, tmp_path):
                           "--guidance-scale", "3", "--out", str(tmp_path / "g")],
                          capture_output=True, text=True, timeout=300, env=_env(out))
     assert bad.returncode == 2 and "needs a class-conditional run" in bad.stderr, bad.stderr[-2000:]
+    off = subprocess.run([sys.executable, str(REPO / "scripts" / "sample.py"), str(out), "--n", "2",
+                          "--autoguidance-scale", "0.5", "--out", str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=300, env=_env(out), check=False)
+    assert off.returncode == 2 and "1 turns autoguidance off" in off.stderr, off.stderr[-2000:]
 
 
 def test_existing_run_folder_is_refused(tiny_run, tfds_dir, mnist_archives):
@@ -100,6 +104,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tfds_dir, mnis
     assert h_res["step"] == list(range(24))
     np.testing.assert_allclose(h_res["loss"], h_full["loss"], rtol=1e-5, atol=1e-6)
     assert json.loads((killed / "summary.json").read_text())["steps"] == 24
+    # the autoguidance guide (taken at step 12 of 24) survived the kill: the same samples
+    assert json.loads((full / "summary.json").read_text())["autoguidance"]["guide_step"] == 12
+    np.testing.assert_allclose(np.load(killed / "samples.npy"), np.load(full / "samples.npy"), atol=1e-5)
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_archives):
@@ -111,6 +118,10 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
     assert r.returncode == 0, r.stderr[-2000:]
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 8 and 4 in steps
+    assert load_run(out, step=4)[1].step == 4  # an older checkpoint on request
+    from helpers.checkpoints import CheckpointError
+    with pytest.raises(CheckpointError, match="no checkpoint of step 5"):
+        load_run(out, step=5)
     newest = out / "checkpoints" / "8"
     for f in newest.rglob("*"):  # damage every file of the newest checkpoint
         if f.is_file():
@@ -119,7 +130,6 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
         _, trainer = load_run(out)
     assert trainer.step == 4
     shutil.rmtree(out / "checkpoints" / "4")
-    from helpers.checkpoints import CheckpointError
     with pytest.raises(CheckpointError, match="No readable checkpoint"):
         load_run(out)
 

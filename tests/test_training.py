@@ -149,3 +149,56 @@ def test_nnx_jit_step_matches_trainer_step():
     np.testing.assert_allclose(losses, a.history["loss"], rtol=1e-5)
     x = a.sample(jax.random.key(0), 2, steps=3)
     assert x.shape == (2, 32, 32, 1)
+
+
+def test_guide_step_is_a_whole_chunk_inside_the_run():
+    from helpers.training import guide_step
+
+    assert guide_step(0.15, 8250, 50) == 1250  # 1,237.5 -> the nearest chunk end
+    assert guide_step(0.01, 100, 50) == 50  # at least one chunk
+    assert guide_step(0.99, 90, 50) == 90  # never past the end (2 chunks would be 100)
+
+
+def test_the_guide_is_the_ema_at_its_step_and_survives_a_checkpoint(tmp_path):
+    from helpers.checkpoints import CheckpointManager
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
+    over = {"max_steps": 8, "log_every": 2, "train_limit": None, "guide_fraction": 0.5, "autoguidance_scale": 2.0}
+    tr = _tiny_trainer(imgs, **over)
+    assert tr.guide_step == 4 and not tr.guide.ready
+    seen = {}  # the EMA weights after each chunk
+
+    def keep_ema(t):
+        seen[t.step] = jax.tree.map(np.array, nnx.state(t.ema.model, nnx.Param))
+
+    tr.fit(progress=False, on_chunk=keep_ema)
+    assert tr.guide.ready and int(tr.guide.taken_at.value) == 4
+    guide_params = nnx.state(tr.guide.model, nnx.Param)
+    jax.tree.map(np.testing.assert_array_equal, guide_params, seen[4])  # the EMA weights of step 4, frozen
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_params, seen[8])))
+
+    ckpt = CheckpointManager(tmp_path / "ckpt")
+    ckpt.save(tr)
+    back = _tiny_trainer(imgs, **over)
+    assert ckpt.restore_latest(back) == 8 and back.guide.ready
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(back.guide.model, nnx.Param), guide_params)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(back.sample(key, 2, steps=3), tr.sample(key, 2, steps=3))
+    assert not np.allclose(tr.sample(key, 2, steps=3), tr.sample(key, 2, steps=3, autoguidance_scale=1.0))
+
+
+def test_autoguidance_needs_a_guide():
+    with pytest.raises(ValueError, match="needs a guide model"):
+        get_config("tiny", guide_fraction=None, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        get_config("tiny", guide_fraction=0.2, autoguidance_scale=0.5)
+    with pytest.raises(ValueError, match="guide_fraction must be in"):
+        get_config("tiny", guide_fraction=1.5)
+    imgs = np.zeros((32, 28, 28, 1), np.uint8)
+    tr = _tiny_trainer(imgs, train_limit=None, guide_fraction=None, autoguidance_scale=1.0)
+    with pytest.raises(ValueError, match="trained without --guide-fraction"):
+        tr.sample(jax.random.key(0), 2, steps=2, autoguidance_scale=2.0)
+    tr = _tiny_trainer(imgs, train_limit=None, guide_fraction=0.5, autoguidance_scale=2.0)
+    with pytest.raises(ValueError, match="none yet"):  # before its step the guide holds the initial weights
+        tr.sample(jax.random.key(0), 2, steps=2)
