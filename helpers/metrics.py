@@ -1,5 +1,6 @@
-"""Sample quality without downloading anything: a small MNIST classifier trained here, and figures
-computed in its feature space.
+"""Sample quality without downloading anything: a small MNIST classifier trained here (its weights
+ship in `helpers/assets/`, so every machine scores with the same network), and figures computed in
+its feature space.
 
 - Frechet distance between classifier features of samples and of the 10,000 test digits (as FID,
   Heusel et al. 2017, but with this classifier instead of Inception; float64). It depends on the
@@ -111,18 +112,85 @@ def _predict(model, images_m11: np.ndarray, batch: int = 1000):
     return np.concatenate(logits), np.concatenate(feats).astype(np.float64)
 
 
-def load_classifier(data_dir=None, manual_dir=None, log=print, quick: bool = False) -> Classifier:
-    """The evaluation classifier: from the cache, or trained now (a few minutes on 2 CPU cores) and cached.
+# The weights of the evaluation classifier ship with the package, like the fixed Inception weights
+# of FID: every machine then scores with the same network, and nobody waits for it to train. They
+# are exactly what `_train_classifier` produces (3 epochs, seed 0); `export_classifier` rewrites them.
+SHIPPED_CLASSIFIER = Path(__file__).resolve().parent / "assets" / f"classifier-mnist-{CLASSIFIER_VERSION}.npz"
 
-    `quick=True` trains a rough one (1 epoch on 5,000 digits, seconds) for smoke runs only: its
-    figures are not comparable with the real classifier's.
+
+def load_classifier(data_dir=None, manual_dir=None, log=print, quick: bool = False) -> Classifier:
+    """The evaluation classifier: the shipped weights (`SHIPPED_CLASSIFIER`), else the cached ones,
+    else trained now (a few minutes on 2 CPU cores) and cached.
+
+    `quick=True` (smoke runs) uses the shipped weights too; only when they are missing does it train
+    a rough one (1 epoch on 5,000 digits, seconds) instead of the real one.
     """
     from helpers.data import file_lock
 
+    if SHIPPED_CLASSIFIER.is_file():
+        try:
+            return load_classifier_weights(SHIPPED_CLASSIFIER)
+        except Exception as err:  # a damaged file: fall back to the cache or to training
+            log(f"the shipped classifier {SHIPPED_CLASSIFIER} could not be read ({type(err).__name__}: {err}); "
+                f"using the cached or a newly trained one")
     epochs, limit = (1, 5_000) if quick else (3, None)
     path = cache_dir() / (f"classifier-mnist-{CLASSIFIER_VERSION}" + ("-quick" if quick else ""))
     with file_lock(path.parent / f".{path.name}.lock"):  # train once even when processes ask together
         return _load_or_train_classifier(path, epochs, limit, quick, data_dir, manual_dir, log)
+
+
+def _flat_params(model: Classifier) -> dict[str, np.ndarray]:
+    """{'conv1/kernel': array, ...}: the parameters as one flat dict (what the .npz holds)."""
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}/")
+            else:
+                yield f"{prefix}{k}", np.asarray(v)
+
+    return dict(walk(nnx.to_pure_dict(nnx.state(model, nnx.Param)), ""))
+
+
+def load_classifier_weights(path) -> Classifier:
+    """A Classifier with the weights of an .npz written by `export_classifier` (shapes checked)."""
+    model = Classifier(rngs=nnx.Rngs(0))
+    model.eval()
+    want = _flat_params(model)
+    with np.load(path) as f:
+        got = {k: f[k] for k in f.files}
+    if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+        raise ValueError(f"{path} does not hold the weights of this classifier (version {CLASSIFIER_VERSION})")
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, _nest(got))
+    nnx.update(model, state)
+    return model
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    return out
+
+
+def export_classifier(path=SHIPPED_CLASSIFIER, data_dir=None, manual_dir=None, log=print) -> float:
+    """Write the evaluation classifier's weights to `path` (.npz; from the cache, else trained) and
+    return its test accuracy. This is how `helpers/assets/` was made."""
+    from helpers.data import file_lock, load_split
+
+    cached = cache_dir() / f"classifier-mnist-{CLASSIFIER_VERSION}"
+    with file_lock(cached.parent / f".{cached.name}.lock"):
+        model = _load_or_train_classifier(cached, 3, None, False, data_dir, manual_dir, log)
+    test_x, test_y = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir)
+    acc = classifier_accuracy(model, test_x, test_y)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **_flat_params(model))
+    log(f"wrote {path} (test accuracy {acc:.4f})")
+    return acc
 
 
 def _load_or_train_classifier(path, epochs, limit, quick, data_dir, manual_dir, log) -> Classifier:
@@ -245,7 +313,8 @@ class Evaluator:
     def __init__(self, data_dir=None, manual_dir=None, log=print, quick: bool = False):
         from helpers.data import load_split, to_model_range
 
-        self.quick = quick  # smoke runs: rough classifier, 2,000 test and 5,000 training digits
+        self.quick = quick  # smoke runs: 2,000 test and 5,000 training digits (and a rough classifier
+        # if the shipped weights are missing)
         self.model = load_classifier(data_dir, manual_dir, log=log, quick=quick)
         test_x, self.test_labels = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir,
                                               limit=2_000 if quick else None)
@@ -333,9 +402,10 @@ def format_table(figures: dict) -> str:
 def evaluate_samples(samples_m11, out_dir=None, data_dir=None, manual_dir=None, log=print,
                      quick: bool = False) -> dict:
     """Figures for samples; printed as a table and, with `out_dir`, written to evaluate.json.
-    `quick=True` (smoke runs) uses the rough classifier: its figures say only that the code ran."""
+    `quick=True` (smoke runs) uses small reference sets: its figures say only that the code ran."""
     figures = get_evaluator(data_dir, manual_dir, log=log, quick=quick).evaluate(samples_m11)
-    figures["classifier"] = "quick (smoke test only)" if quick else f"full ({CLASSIFIER_VERSION})"
+    figures["classifier"] = (f"{CLASSIFIER_VERSION}, quick reference sets (smoke test only)" if quick
+                             else f"full ({CLASSIFIER_VERSION})")
     log(format_table(figures))
     if out_dir is not None:
         (Path(out_dir) / "evaluate.json").write_text(json.dumps(figures, indent=2))

@@ -172,7 +172,7 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "parameters": count_params(trainer.model), "sample_seconds": round(sample_seconds, 1),
         "num_samples": int(len(x)), "run_dir": str(out),
-        "autoguidance": {"scale": cfg.autoguidance_scale, "guide_step": int(trainer.guide.taken_at.value)}
+        "autoguidance": {"scale": cfg.autoguidance_scale, "guide_step": trainer.guide.step}
         if guided else None,
     }
     if evaluate and cfg.dataset == "mnist":  # the evaluation classifier knows digits only

@@ -110,12 +110,17 @@ class Guide(nnx.Module):
     def take(self, model: nnx.Module, step: int) -> None:
         """Copy `model`'s weights (the EMA model) into the guide, recording the step."""
         nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
-        self.taken_at.value = jnp.array(step, jnp.int32)
+        self.taken_at[...] = jnp.array(step, jnp.int32)
+
+    @property
+    def step(self) -> int:
+        """The training step whose EMA weights the guide holds (-1: not taken yet)."""
+        return int(self.taken_at[...])
 
     @property
     def ready(self) -> bool:
         """Whether the weights have been taken (before that the guide holds the initial weights)."""
-        return int(self.taken_at.value) >= 0
+        return self.step >= 0
 
 
 def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
@@ -286,6 +291,7 @@ class Trainer:
         t_start = time.perf_counter()
         deadline = t_start + 60 * cfg.time_limit_minutes if cfg.time_limit_minutes else math.inf
         last_time, epoch_losses = time.perf_counter(), []
+        chunk_start = last_time
         step = start
         try:
             while step < self.total_steps:
@@ -317,7 +323,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lrs[-1]:.2e}", img_s=f"{ips:.0f}")
                 if on_chunk is not None:
                     on_chunk(self)
-                if time.perf_counter() > deadline and step < self.total_steps:
+                # stop before a chunk that would end past the limit (the last one took chunk_seconds)
+                chunk_seconds = time.perf_counter() - chunk_start
+                chunk_start = time.perf_counter()
+                if chunk_start + chunk_seconds > deadline and step < self.total_steps:
                     tqdm.write(f"time limit of {cfg.time_limit_minutes} min reached at step {step}.")
                     break
         finally:

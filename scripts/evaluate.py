@@ -4,7 +4,7 @@ class coverage, precision/recall and nearest-training-neighbour distances.
     python scripts/evaluate.py runs/cpu                 # reads runs/cpu/samples.npy, writes evaluate.json
     python scripts/evaluate.py some_samples.npy         # (N, 32, 32, 1) or (N, 28, 28[, 1]) in [-1, 1]
 
-The classifier is trained once (a few minutes on 2 CPU cores) and cached; see helpers/metrics.py.
+The classifier's weights ship with the package (helpers/assets/); see helpers/metrics.py.
 """
 
 from __future__ import annotations

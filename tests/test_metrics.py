@@ -46,12 +46,43 @@ def evaluator(tfds_dir, mnist_archives):
     return get_evaluator(tfds_dir, mnist_archives)
 
 
-@pytest.mark.slow
-def test_classifier_reaches_99_percent(evaluator, mnist_test):
-    from helpers.metrics import classifier_accuracy
+def test_the_shipped_classifier_is_the_one_used_and_reaches_99_percent(evaluator, mnist_test):
+    """Every figure of the project is computed with the shipped weights (helpers/assets/)."""
+    from flax import nnx
 
+    from helpers.metrics import SHIPPED_CLASSIFIER, classifier_accuracy, load_classifier_weights
+
+    assert SHIPPED_CLASSIFIER.is_file()
+    shipped = load_classifier_weights(SHIPPED_CLASSIFIER)
+    for a, b in zip(jax_leaves(nnx.state(evaluator.model, nnx.Param)), jax_leaves(nnx.state(shipped, nnx.Param))):
+        np.testing.assert_array_equal(a, b)
     images, labels = mnist_test
     assert classifier_accuracy(evaluator.model, images, labels) >= 0.99
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_the_classifier_training_code_learns(tfds_dir, mnist_archives, mnist_test):
+    """What made the shipped weights (3 epochs on all 60,000 digits), run briefly: 1 epoch on 10,000."""
+    from helpers.data import load_split
+    from helpers.metrics import _train_classifier, classifier_accuracy
+
+    images, labels = load_split("mnist", "train", data_dir=tfds_dir, manual_dir=mnist_archives, limit=10_000)
+    model = _train_classifier(images, labels, epochs=1)
+    test_x, test_y = mnist_test
+    assert classifier_accuracy(model, test_x[:2000], test_y[:2000]) >= 0.9  # 92.8% here; chance is 10%
+
+
+def test_a_damaged_weights_file_is_refused(tmp_path):
+    from helpers.metrics import load_classifier_weights
+
+    np.savez(tmp_path / "other.npz", w=np.zeros(3))
+    with pytest.raises(ValueError, match="does not hold the weights"):
+        load_classifier_weights(tmp_path / "other.npz")
 
 
 def _blur(x):

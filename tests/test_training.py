@@ -173,7 +173,7 @@ def test_the_guide_is_the_ema_at_its_step_and_survives_a_checkpoint(tmp_path):
         seen[t.step] = jax.tree.map(np.array, nnx.state(t.ema.model, nnx.Param))
 
     tr.fit(progress=False, on_chunk=keep_ema)
-    assert tr.guide.ready and int(tr.guide.taken_at.value) == 4
+    assert tr.guide.ready and tr.guide.step == 4
     guide_params = nnx.state(tr.guide.model, nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, guide_params, seen[4])  # the EMA weights of step 4, frozen
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_params, seen[8])))
@@ -202,3 +202,10 @@ def test_autoguidance_needs_a_guide():
     tr = _tiny_trainer(imgs, train_limit=None, guide_fraction=0.5, autoguidance_scale=2.0)
     with pytest.raises(ValueError, match="none yet"):  # before its step the guide holds the initial weights
         tr.sample(jax.random.key(0), 2, steps=2)
+
+
+def test_the_time_limit_stops_between_chunks():
+    imgs = np.zeros((64, 28, 28, 1), np.uint8)
+    tr = _tiny_trainer(imgs, max_steps=1000, log_every=2, train_limit=None, time_limit_minutes=0.001)
+    hist = tr.fit(progress=False)
+    assert tr.step == 2 and hist["step"] == [0, 1]  # the first chunk (with compilation) already took 0.06 s
