@@ -88,6 +88,13 @@ class CheckpointManager:
                                   f"Start a new run with another --out, or delete the folder.")
         return None
 
+    def restore(self, trainer, step: int) -> int:
+        """Load the checkpoint of `step` into `trainer` (in place); CheckpointError if it is not kept."""
+        if step not in self.steps():
+            raise CheckpointError(f"{self.directory} has no checkpoint of step {step}; it keeps steps {self.steps()}.")
+        self._restore(trainer, step)
+        return step
+
     def _restore(self, trainer, step: int) -> None:
         target = _pure(trainer)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -138,9 +145,7 @@ def load_run(run_dir, step: int | None = None):
     trainer = Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), placeholder, total_steps=1)
     mngr = CheckpointManager(Path(run_dir) / "checkpoints", keep=cfg.keep_checkpoints)
     if step is not None:
-        if step not in mngr.steps():
-            raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; it keeps steps {mngr.steps()}.")
-        mngr._restore(trainer, step)
+        mngr.restore(trainer, step)
         return cfg, trainer
     if mngr.restore_latest(trainer) is None:
         raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {mngr.directory}).")

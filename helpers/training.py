@@ -58,6 +58,14 @@ def make_optimizer(model: nnx.Module, lr_schedule, weight_decay: float, grad_cli
 # ----------------------------------------------------------------------------- EMA
 
 
+def own_copy(model: nnx.Module) -> nnx.Module:
+    """A clone of `model` with its own copies of the arrays (not shared, so both can be donated to
+    one jit call or changed independently)."""
+    copy = nnx.clone(model)
+    nnx.update(copy, jax.tree.map(jnp.copy, nnx.state(model)))
+    return copy
+
+
 class EmaCount(nnx.Variable):
     """How many EMA updates have been applied (drives the decay warm-up)."""
 
@@ -78,9 +86,7 @@ class EMA(nnx.Module):
     """Exponential moving average of a model's parameters: `ema.model` is a full model to sample from."""
 
     def __init__(self, model: nnx.Module, decay: float = 0.9999, every: int = 1, warmup: bool = True):
-        self.model = nnx.clone(model)
-        # Own copies of the arrays (not shared with the model), so both can be donated to one jit call.
-        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
+        self.model = own_copy(model)  # not sharing arrays with the model: both are donated to the step
         self.decay, self.every, self.warmup = float(decay), int(every), bool(warmup)
         self.count = EmaCount(jnp.zeros((), jnp.int32))
 
@@ -103,8 +109,7 @@ class Guide(nnx.Module):
     once, early in the run (`Config.guide_fraction`), checkpointed with the rest of the state."""
 
     def __init__(self, model: nnx.Module):
-        self.model = nnx.clone(model)
-        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
+        self.model = own_copy(model)
         self.taken_at = GuideStep(jnp.array(-1, jnp.int32))
 
     def take(self, model: nnx.Module, step: int) -> None:
