@@ -125,14 +125,19 @@ def load_classifier(data_dir=None, manual_dir=None, log=print, quick: bool = Fal
     `quick=True` (smoke runs) uses the shipped weights too; only when they are missing does it train
     a rough one (1 epoch on 5,000 digits, seconds) instead of the real one.
     """
-    from helpers.data import file_lock
-
     if SHIPPED_CLASSIFIER.is_file():
         try:
             return load_classifier_weights(SHIPPED_CLASSIFIER)
         except Exception as err:  # a damaged file: fall back to the cache or to training
             log(f"the shipped classifier {SHIPPED_CLASSIFIER} could not be read ({type(err).__name__}: {err}); "
                 f"using the cached or a newly trained one")
+    return _cached_classifier(quick, data_dir, manual_dir, log)
+
+
+def _cached_classifier(quick: bool, data_dir, manual_dir, log) -> Classifier:
+    """The classifier from the cache, or trained now and cached (the real one, or with `quick` a rough one)."""
+    from helpers.data import file_lock
+
     epochs, limit = (1, 5_000) if quick else (3, None)
     path = cache_dir() / (f"classifier-mnist-{CLASSIFIER_VERSION}" + ("-quick" if quick else ""))
     with file_lock(path.parent / f".{path.name}.lock"):  # train once even when processes ask together
@@ -141,18 +146,16 @@ def load_classifier(data_dir=None, manual_dir=None, log=print, quick: bool = Fal
 
 def _flat_params(model: Classifier) -> dict[str, np.ndarray]:
     """{'conv1/kernel': array, ...}: the parameters as one flat dict (what the .npz holds)."""
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                yield from walk(v, f"{prefix}{k}/")
-            else:
-                yield f"{prefix}{k}", np.asarray(v)
+    from flax.traverse_util import flatten_dict
 
-    return dict(walk(nnx.to_pure_dict(nnx.state(model, nnx.Param)), ""))
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {k: np.asarray(v) for k, v in flatten_dict(pure, sep="/").items()}
 
 
 def load_classifier_weights(path) -> Classifier:
     """A Classifier with the weights of an .npz written by `export_classifier` (shapes checked)."""
+    from flax.traverse_util import unflatten_dict
+
     model = Classifier(rngs=nnx.Rngs(0))
     model.eval()
     want = _flat_params(model)
@@ -161,30 +164,17 @@ def load_classifier_weights(path) -> Classifier:
     if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
         raise ValueError(f"{path} does not hold the weights of this classifier (version {CLASSIFIER_VERSION})")
     state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, _nest(got))
+    nnx.replace_by_pure_dict(state, unflatten_dict({k: jnp.asarray(v) for k, v in got.items()}, sep="/"))
     nnx.update(model, state)
     return model
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = jnp.asarray(value)
-    return out
 
 
 def export_classifier(path=SHIPPED_CLASSIFIER, data_dir=None, manual_dir=None, log=print) -> float:
     """Write the evaluation classifier's weights to `path` (.npz; from the cache, else trained) and
     return its test accuracy. This is how `helpers/assets/` was made."""
-    from helpers.data import file_lock, load_split
+    from helpers.data import load_split
 
-    cached = cache_dir() / f"classifier-mnist-{CLASSIFIER_VERSION}"
-    with file_lock(cached.parent / f".{cached.name}.lock"):
-        model = _load_or_train_classifier(cached, 3, None, False, data_dir, manual_dir, log)
+    model = _cached_classifier(False, data_dir, manual_dir, log)
     test_x, test_y = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir)
     acc = classifier_accuracy(model, test_x, test_y)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
