@@ -34,10 +34,15 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def cpu_xla_flags_known(jaxlib_version: str | None) -> bool:
+    """Whether this jaxlib (None: not installed) is at least `CPU_XLA_FLAGS_MIN_JAXLIB`."""
+    return jaxlib_version is not None and _version(jaxlib_version) >= CPU_XLA_FLAGS_MIN_JAXLIB
+
+
 def xla_cpu_flags(current: str, jaxlib_version: str | None) -> str:
     """$XLA_FLAGS with `CPU_XLA_FLAGS` appended: a flag the user already set is kept as the user set it,
     and nothing is added for a jaxlib older than `CPU_XLA_FLAGS_MIN_JAXLIB` (or none installed)."""
-    if jaxlib_version is None or _version(jaxlib_version) < CPU_XLA_FLAGS_MIN_JAXLIB:
+    if not cpu_xla_flags_known(jaxlib_version):
         return current
     flags = current.split()
     for name, value in CPU_XLA_FLAGS.items():

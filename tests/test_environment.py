@@ -9,14 +9,14 @@ import pytest
 
 from helpers.environment import (
     CPU_XLA_FLAGS,
-    CPU_XLA_FLAGS_MIN_JAXLIB,
     _jaxlib_version,
-    _version,
+    cpu_xla_flags_known,
     xla_cpu_flags,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
+FLAGS_KNOWN = cpu_xla_flags_known(_jaxlib_version())
 
 
 def test_flags_are_appended_and_a_users_own_value_is_kept():
@@ -56,8 +56,7 @@ def _convolution_fusions(xla_flags: str | None) -> str:
     return r.stdout
 
 
-@pytest.mark.skipif(_version(_jaxlib_version() or "0") < CPU_XLA_FLAGS_MIN_JAXLIB,
-                    reason="no flags are added for this jaxlib")
+@pytest.mark.skipif(not FLAGS_KNOWN, reason="no flags are added for this jaxlib")
 def test_importing_helpers_keeps_convolutions_on_xlas_own_kernels():
     out = _convolution_fusions(None)
     for name, value in CPU_XLA_FLAGS.items():
@@ -65,8 +64,7 @@ def test_importing_helpers_keeps_convolutions_on_xlas_own_kernels():
     assert "NATIVE" in out, out
 
 
-@pytest.mark.skipif(_version(_jaxlib_version() or "0") < CPU_XLA_FLAGS_MIN_JAXLIB,
-                    reason="this jaxlib may not know the flag")
+@pytest.mark.skipif(not FLAGS_KNOWN, reason="this jaxlib may not know the flag")
 def test_a_users_own_setting_wins():
     out = _convolution_fusions(f"{YNN}=+individual_convolution")
     assert f"{YNN}=+individual_convolution" in out and "-individual_convolution" not in out
