@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers.unet import UNet, UNetConfig, count_params, create_unet, sinusoidal_embedding
+from helpers.unet import GroupNorm, UNet, UNetConfig, count_params, create_unet, sinusoidal_embedding
 
 BASE = UNetConfig(hidden_dims=(8, 16, 16), num_res_blocks=1, attention_resolutions=(8,), activation="gelu",
                   time_embedding_dim=16, max_norm_groups=4, num_heads=2)
@@ -142,3 +142,34 @@ def test_bfloat16_mixed_precision_matches_float32():
     assert y16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
     assert 0 < rel < 0.05, rel  # bf16 has ~3 significant digits: close, but not bit-identical
+
+
+@pytest.mark.parametrize("channels, groups", [(32, 32), (96, 32), (64, 8), (12, 1)])
+def test_group_norm_matches_flax_and_a_two_pass_reference(channels, groups):
+    """Our GroupNorm (per-channel sums) == nnx.GroupNorm == the definition, values and gradients."""
+    ours = GroupNorm(channels, num_groups=groups, rngs=nnx.Rngs(0))
+    flax_gn = nnx.GroupNorm(channels, num_groups=groups, rngs=nnx.Rngs(0))
+    scale, bias = (jax.random.normal(jax.random.key(i), (channels,)) for i in (1, 2))
+    for m in (ours, flax_gn):
+        m.scale.value, m.bias.value = scale, bias
+    assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(flax_gn))  # same checkpoints
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (4, 8, 8, channels))  # a mean far from 0
+    dy = jax.random.normal(jax.random.key(4), x.shape)
+
+    def definition(x, s, b):  # Wu & He 2018, eqs. 1-2: two passes, in float64
+        n, h, w, c = x.shape
+        xg = x.astype(np.float64).reshape(n, h, w, groups, c // groups)
+        mu = xg.mean(axis=(1, 2, 4), keepdims=True)
+        var = ((xg - mu) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+        return ((xg - mu) / np.sqrt(var + ours.epsilon)).reshape(x.shape) * s + b
+
+    np.testing.assert_allclose(np.asarray(ours(x)), definition(np.asarray(x), np.asarray(scale), np.asarray(bias)),
+                               atol=2e-5)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(flax_gn(x)), atol=2e-5)
+
+    def loss(m, x):
+        return jnp.vdot(m(x), dy)
+
+    for ga, gb in zip(jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(ours, x)),
+                      jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(flax_gn, x))):
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=2e-5 * float(jnp.abs(gb).max()))
