@@ -17,7 +17,8 @@ GPU_MEMORY_VARIABLES = {
 #: already set it. jaxlib 0.10 hands every convolution to YNNPACK by default; on this UNet's 3x3
 #: convolutions XLA's own (Eigen) kernels are up to twice as fast (forward 181-199 GFLOP/s against
 #: 77-99 at 32x32 maps, weight gradient 64-162 against 19-79) and a whole train step 1.2x (`cpu`
-#: preset) to 1.6-1.9x (UNet 32/64/128) faster on 2 Xeon cores (docs/performance.md). "-individual_convolution" removes only convolutions from YNNPACK's list.
+#: preset) to 1.6-1.9x (UNet 32/64/128) faster on 2 Xeon cores (docs/performance.md).
+#: "-individual_convolution" removes only convolutions from YNNPACK's list.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
 #: The oldest jaxlib whose XLA is known to have the flags above (XLA aborts on a flag it does not know).

@@ -132,11 +132,12 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
     x = x.astype(dtype)
     n, c = x.shape[0], x.shape[-1]
     spatial = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[1:-1]) * (c // num_groups)  # elements per (image, group)
+    group_size = c // num_groups
+    count = math.prod(x.shape[1:-1]) * group_size  # elements per (image, group)
 
     def group_mean(per_channel_sum):  # (N, C) -> (N, groups) -> repeated back to (N, C)
-        per_group = per_channel_sum.reshape(n, num_groups, c // num_groups).sum(-1) / count
-        return jnp.repeat(per_group, c // num_groups, axis=1)
+        per_group = per_channel_sum.reshape(n, num_groups, group_size).sum(-1) / count
+        return jnp.repeat(per_group, group_size, axis=1)
 
     mean = group_mean(jnp.sum(x, axis=spatial))
     var = jnp.maximum(group_mean(jnp.sum(x * x, axis=spatial)) - mean * mean, 0.0)
