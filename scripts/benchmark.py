@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402,F401
 from _cli import add_config_flags, fail, overrides_from  # noqa: E402
+from helpers.environment import restart_with_huge_pages  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -130,4 +131,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_pages()  # glibc reads $GLIBC_TUNABLES only at start-up (helpers.environment)
     sys.exit(main())

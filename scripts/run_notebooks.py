@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from helpers.environment import restart_with_huge_pages  # noqa: E402
+
 RECORD = re.compile(r"^# > \*\*Run record:\*\*.*$", re.M)
 
 
@@ -85,4 +89,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_pages()  # glibc reads $GLIBC_TUNABLES only at start-up (helpers.environment)
     sys.exit(main())

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import helpers  # noqa: E402,F401  (sets the GPU-memory variables before TensorFlow / JAX load)
 from _cli import add_config_flags, fail, overrides_from  # noqa: E402
+from helpers.environment import restart_with_huge_pages  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -67,4 +68,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_pages()  # glibc reads $GLIBC_TUNABLES only at start-up (helpers.environment)
     sys.exit(main())

@@ -1,6 +1,8 @@
-"""The XLA:CPU flags `helpers` adds to $XLA_FLAGS, and that they reach the compiler."""
+"""The XLA:CPU flags `helpers` adds to $XLA_FLAGS (and that they reach the compiler), and the
+restart with huge pages the long-running scripts do."""
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +11,11 @@ import pytest
 
 from helpers.environment import (
     CPU_XLA_FLAGS,
+    HUGE_PAGES_TUNABLE,
     _jaxlib_version,
     cpu_xla_flags_known,
+    huge_pages_environment,
+    transparent_huge_pages_mode,
     xla_cpu_flags,
 )
 
@@ -69,3 +74,48 @@ def test_a_users_own_setting_wins():
     out = _convolution_fusions(f"{YNN}=+individual_convolution")
     assert f"{YNN}=+individual_convolution" in out and "-individual_convolution" not in out
     assert "YNN" in out.splitlines()[-1], out
+
+
+GLIBC = ("glibc", "2.36")
+
+
+def test_huge_pages_are_added_only_where_they_change_something():
+    env = huge_pages_environment({"PATH": "/bin"}, GLIBC, "madvise")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": HUGE_PAGES_TUNABLE}
+    mine = huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC, "madvise")
+    assert mine["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}"  # the user's kept
+    assert huge_pages_environment({}, GLIBC, "always") is None  # the kernel uses them anyway
+    assert huge_pages_environment({}, GLIBC, "never") is None
+    assert huge_pages_environment({}, GLIBC, None) is None  # not Linux, or no such file
+    assert huge_pages_environment({}, ("glibc", "2.31"), "madvise") is None  # too old for the tunable
+    assert huge_pages_environment({}, ("", ""), "madvise") is None  # macOS, musl, Windows
+    assert huge_pages_environment({"MNIST_DIFFUSION_HUGE_PAGES": "0"}, GLIBC, "madvise") is None
+    assert huge_pages_environment(env, GLIBC, "madvise") is None  # already set: no second restart
+
+
+def test_transparent_huge_pages_mode_reads_the_bracketed_choice(tmp_path):
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert transparent_huge_pages_mode(str(f)) == "madvise"
+    assert transparent_huge_pages_mode(str(tmp_path / "missing")) is None
+
+
+def test_a_script_restarts_once_with_huge_pages_and_keeps_its_arguments(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from helpers.environment import restart_with_huge_pages\n"
+        "print('start', flush=True)\n"
+        "if __name__ == '__main__':\n"
+        "    restart_with_huge_pages()\n"
+        "    print('main', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MNIST_DIFFUSION_HUGE_PAGES")}
+    r = subprocess.run([sys.executable, str(script), "--flag", "x y"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = huge_pages_environment(env, platform.libc_ver(), transparent_huge_pages_mode())
+    if expected is None:  # nothing to gain on this machine: no restart
+        assert r.stdout.splitlines() == ["start", "main None ['--flag', 'x y']"]
+    else:  # restarted once (two starts), main ran once, with the tunable and the same arguments
+        assert r.stdout.splitlines() == ["start", "start", f"main {HUGE_PAGES_TUNABLE} ['--flag', 'x y']"]
