@@ -31,7 +31,7 @@ CPU_XLA_FLAGS_MIN_JAXLIB = (0, 10)
 #: on the large blocks it maps. XLA:CPU allocates the temporaries of a jitted step as one block
 #: (1.6 GB for UNet 32/64/128 at batch 128) and frees it when the step ends, so every step faulted
 #: those pages in again: 411k page faults and ~1 s of system time per step on 2 cores (the `cpu`
-#: preset: 11k per step). With huge pages, 2-4k per step, and the step is ~10% faster
+#: preset: 11k per step). With huge pages, 2-4k per step; the `cpu` preset's step ~10% faster
 #: (docs/performance.md). glibc reads it only at start-up, hence `restart_with_huge_pages`.
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
@@ -63,7 +63,7 @@ def restart_with_huge_pages() -> None:
     """Scripts call this under `if __name__ == "__main__"`: restart the same command once with
     `huge_pages_environment` when it applies (the process is replaced; nothing has run yet)."""
     env = huge_pages_environment(dict(os.environ), platform.libc_ver(), transparent_huge_pages_mode())
-    if env is not None:
+    if env is not None and sys.executable:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, list(sys.orig_argv), env)
