@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,18 +32,46 @@ MODELS = {
 }
 
 
-def _last_json(text: str) -> dict:
+def _last_json(text: str) -> dict | None:
+    """The last line of `text` that is a JSON object (the benchmarks print their figures that way)."""
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
-    raise RuntimeError(f"no JSON line in:\n{text[-2000:]}")
+    return None
 
 
 def _run(cmd: list[str]) -> dict:
+    """Run one benchmark command; its figures, or SystemExit saying which command failed and how."""
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return _last_json(r.stdout)
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    figures = _last_json(r.stdout)
+    if figures is None:
+        raise SystemExit(f"{' '.join(cmd)} printed no JSON line of figures; its output ends:\n"
+                         f"{(r.stdout + r.stderr)[-2000:]}")
+    return figures
+
+
+def summarize(torch_ips: list[float], jax_ips: list[float], torch_ddim_s: list[float],
+              jax_ddim_s: list[float]) -> dict:
+    """Best of each side (most images/s, least sampling time) and the two ratios, with every figure."""
+    return {"torch_images_per_s": max(torch_ips), "jax_images_per_s": max(jax_ips),
+            "train_ratio": round(max(jax_ips) / max(torch_ips), 2),
+            "torch_ddim100_s": min(torch_ddim_s), "jax_ddim100_s": min(jax_ddim_s),
+            "sampling_speedup": round(min(torch_ddim_s) / min(jax_ddim_s), 2),
+            "all": {"torch_images_per_s": list(torch_ips), "jax_images_per_s": list(jax_ips),
+                    "torch_ddim100_s": list(torch_ddim_s), "jax_ddim100_s": list(jax_ddim_s)}}
+
+
+def format_table(result: dict) -> str:
+    """The readable table under the JSON line: one row per model."""
+    lines = [f"\n{'model':6s} {'params':>11s} {'torch img/s':>11s} {'JAX img/s':>10s} {'ratio':>6s} "
+             f"{'torch DDIM-100 (64)':>20s} {'JAX DDIM-100 (64)':>18s} {'speed-up':>8s}"]
+    for name, r in result.items():
+        lines.append(f"{name:6s} {r['parameters']:>11,} {r['torch_images_per_s']:>11.1f} "
+                     f"{r['jax_images_per_s']:>10.1f} {r['train_ratio']:>6.2f} {r['torch_ddim100_s']:>19.2f}s "
+                     f"{r['jax_ddim100_s']:>17.2f}s {r['sampling_speedup']:>8.2f}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -60,8 +89,12 @@ def main(argv=None) -> int:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     if not Path(args.reference).is_file():
         p.error(f"the reference {args.reference} does not exist")
+    if shutil.which(args.torch_python) is None:
+        p.error(f"--torch-python {args.torch_python} was not found. Set up the reference's environment first "
+                f"(its README): python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 numpy "
+                f"diffusers, then pass --torch-python .venv-torch/bin/python")
 
-    rows, result = [], {}
+    result = {}
     for name in args.models:
         small = ["--small"] if name == "small" else []
         ref_ips, ours_ips, ref_ddim, ours_ddim = [], [], [], []
@@ -78,22 +111,10 @@ def main(argv=None) -> int:
             ours_ddim.append(ours["ddim100_s_for_64"])
             print(f"{name}: torch {ref_ips[-1]:.1f} img/s, JAX {ours_ips[-1]:.1f} img/s; DDIM-100 of 64: "
                   f"torch {ref_ddim[-1]:.1f} s, JAX {ours_ddim[-1]:.1f} s", file=sys.stderr, flush=True)
-        result[name] = {"torch_images_per_s": max(ref_ips), "jax_images_per_s": max(ours_ips),
-                        "train_ratio": round(max(ours_ips) / max(ref_ips), 2),
-                        "torch_ddim100_s": min(ref_ddim), "jax_ddim100_s": min(ours_ddim),
-                        "sampling_speedup": round(min(ref_ddim) / min(ours_ddim), 2),
-                        "parameters": ours["parameters"], "machine": ours["machine"], "repeats": args.repeats,
-                        "all": {"torch_images_per_s": ref_ips, "jax_images_per_s": ours_ips,
-                                "torch_ddim100_s": ref_ddim, "jax_ddim100_s": ours_ddim}}
-        rows.append(name)
+        result[name] = summarize(ref_ips, ours_ips, ref_ddim, ours_ddim)
+        result[name].update(parameters=ours["parameters"], machine=ours["machine"], repeats=args.repeats)
     print(json.dumps(result))
-    print(f"\n{'model':6s} {'params':>11s} {'torch img/s':>11s} {'JAX img/s':>10s} {'ratio':>6s} "
-          f"{'torch DDIM-100 (64)':>20s} {'JAX DDIM-100 (64)':>18s} {'speed-up':>8s}")
-    for name in rows:
-        r = result[name]
-        print(f"{name:6s} {r['parameters']:>11,} {r['torch_images_per_s']:>11.1f} {r['jax_images_per_s']:>10.1f} "
-              f"{r['train_ratio']:>6.2f} {r['torch_ddim100_s']:>19.2f}s {r['jax_ddim100_s']:>17.2f}s "
-              f"{r['sampling_speedup']:>8.2f}")
+    print(format_table(result))
     return 0
 
 

@@ -205,3 +205,46 @@ def test_benchmark_script_prints_figures():
     for k in ("images_per_s", "ms_per_step", "compile_s", "gflop_per_step", "matmul_gflops", "host_overhead_ms",
               "ddim100_s_for_4"):
         assert figures[k] > 0, k
+
+
+def test_compare_torch_keeps_each_sides_best():
+    import compare_torch
+
+    r = compare_torch.summarize([50.0, 60.0], [57.0, 42.0], [40.0, 33.0], [36.0, 35.0])
+    assert (r["torch_images_per_s"], r["jax_images_per_s"], r["train_ratio"]) == (60.0, 57.0, 0.95)
+    assert (r["torch_ddim100_s"], r["jax_ddim100_s"], r["sampling_speedup"]) == (33.0, 35.0, 0.94)
+    assert r["all"]["jax_images_per_s"] == [57.0, 42.0]
+    r.update(parameters=2_747_233, machine="cpu", repeats=2)
+    row = compare_torch.format_table({"small": r}).splitlines()[-1].split()
+    assert row == ["small", "2,747,233", "60.0", "57.0", "0.95", "33.00s", "35.00s", "0.94"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--reference", "/nonexistent/ddpm_torch.py"], "does not exist"),
+    (["--torch-python", "/nonexistent/python"], "pip install torch"),
+])
+def test_compare_torch_bad_input(argv, message, capsys):
+    import compare_torch
+
+    reference = REPO / "scripts" / "compare_torch.py"  # any existing file will do for the flags' checks
+    base = {"--torch-python": sys.executable, "--reference": str(reference)}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    with pytest.raises(SystemExit) as e:
+        compare_torch.main([a for kv in base.items() for a in kv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, message", [
+    ("import sys; print('reference broke', file=sys.stderr); sys.exit(3)", "failed (exit 3)"),
+    ("print('no figures here')", "printed no JSON line"),
+])
+def test_compare_torch_says_which_command_failed(tmp_path, body, message):
+    import compare_torch
+
+    fake = tmp_path / "ddpm_torch.py"
+    fake.write_text(body)
+    with pytest.raises(SystemExit) as e:
+        compare_torch.main(["--torch-python", sys.executable, "--reference", str(fake), "--models", "small"])
+    text = str(e.value.code)
+    assert message in text and str(fake) in text and " bench " in text
