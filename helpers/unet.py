@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -148,10 +149,19 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
 
 
 class GroupNorm(nnx.GroupNorm):
-    """`nnx.GroupNorm` (same parameters and checkpoints) computed by `group_norm` for speed."""
+    """`nnx.GroupNorm` (same parameters and checkpoints) computed by `group_norm` for speed.
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return group_norm(x, self.scale[...], self.bias[...], self.num_groups, self.epsilon)
+    `norm(x, act)` is `act(norm(x))`, with the two recomputed from `x` in the backward pass instead of
+    stored (`jax.checkpoint`): the forward pass then writes only the activation's output, which the
+    next convolution needs anyway, and the train step runs about 10% faster on a CPU (docs: Performance).
+    """
+
+    def __call__(self, x: jax.Array, act: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+        if act is None:
+            return group_norm(x, self.scale[...], self.bias[...], self.num_groups, self.epsilon)
+        norm_act = jax.checkpoint(lambda x, scale, bias: act(group_norm(x, scale, bias, self.num_groups,
+                                                                        self.epsilon)))
+        return norm_act(x, self.scale[...], self.bias[...])
 
 
 def _groups(channels: int, max_groups: int) -> int:
@@ -173,9 +183,9 @@ class ResBlock(nnx.Module):
         self.skip = nnx.Conv(c_in, c_out, (1, 1), dtype=dt, rngs=rngs) if c_in != c_out else None
 
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv1(self.norm1(x, self.act))  # GroupNorm, then the activation
         h = h + self.emb_proj(self.act(emb))[:, None, None, :]
-        h = self.conv2(self.dropout(self.act(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h, self.act)))
         return h + (self.skip(x) if self.skip is not None else x)
 
 
@@ -300,7 +310,7 @@ class UNet(nnx.Module):
             else:
                 h = layer(h)
                 note(f"up {type(layer).__name__}", h)
-        out = depth_to_space(self.conv_out(self.act(self.norm_out(h))), self.cfg.patch_size).astype(jnp.float32)
+        out = depth_to_space(self.conv_out(self.norm_out(h, self.act)), self.cfg.patch_size).astype(jnp.float32)
         note("output", out)
         return out
 

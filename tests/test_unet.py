@@ -173,3 +173,24 @@ def test_group_norm_matches_flax_and_a_two_pass_reference(channels, groups):
     for ga, gb in zip(jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(ours, x)),
                       jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(flax_gn, x))):
         np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=2e-5 * float(jnp.abs(gb).max()))
+
+
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_norm_with_activation_recomputed_in_backward_is_the_plain_composition(act):
+    """`norm(x, act)` (recomputed in the backward pass) == `act(norm(x))`: values and all gradients."""
+    from helpers.unet import ACTIVATIONS
+
+    f = ACTIVATIONS[act]
+    norm = GroupNorm(64, num_groups=32, rngs=nnx.Rngs(0))
+    norm.scale.value = 1.0 + 0.3 * jax.random.normal(jax.random.key(1), (64,))
+    norm.bias.value = 0.2 * jax.random.normal(jax.random.key(2), (64,))
+    x = 1.5 + 2.0 * jax.random.normal(jax.random.key(3), (3, 8, 8, 64))
+    dy = jax.random.normal(jax.random.key(4), x.shape)
+    np.testing.assert_allclose(np.asarray(norm(x, f)), np.asarray(f(norm(x))), rtol=1e-6, atol=1e-6)
+
+    fused = nnx.grad(lambda m, x: jnp.vdot(m(x, f), dy), argnums=(0, 1))(norm, x)
+    plain = nnx.grad(lambda m, x: jnp.vdot(f(m(x)), dy), argnums=(0, 1))(norm, x)
+    leaves = list(zip(jax.tree.leaves(fused), jax.tree.leaves(plain)))
+    assert len(leaves) == 3  # scale, bias and x
+    for a, b in leaves:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
