@@ -89,10 +89,13 @@ def main(argv=None) -> int:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     if not Path(args.reference).is_file():
         p.error(f"the reference {args.reference} does not exist")
-    if shutil.which(args.torch_python) is None:
+    torch_python = shutil.which(args.torch_python)
+    if torch_python is None:
         p.error(f"--torch-python {args.torch_python} was not found. Set up the reference's environment first "
                 f"(its README): python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 numpy "
                 f"diffusers, then pass --torch-python .venv-torch/bin/python")
+    # The commands run from the repository root: paths given relative to where you are become absolute.
+    args.torch_python, args.reference = str(Path(torch_python).absolute()), str(Path(args.reference).resolve())
 
     result = {}
     for name in args.models:
