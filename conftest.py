@@ -4,8 +4,9 @@ Set at import, before any kernel or subprocess starts, so that all of them inher
 - TUTORIAL_PRESET=tiny: every notebook runs at tiny settings;
 - TUTORIAL_RUNS_DIR: the notebooks' runs go to a fresh temporary folder, shared by pytest-xdist
   workers (so notebook 05 reuses the run notebook 04 trained), never to runs/;
-- TFDS_DATA_DIR and MNIST_DIFFUSION_CACHE: prepared datasets, the evaluation classifier and JAX's
-  compilation cache under .cache/ (kept between local runs);
+- TFDS_DATA_DIR: the prepared datasets under .cache/ (kept between local runs);
+- JAX_COMPILATION_CACHE_DIR: JAX's persistent compilation cache under .cache/jax, so the many
+  processes of a run (scripts, notebook kernels) compile each program once;
 - the original MNIST / Fashion-MNIST archives from ../shared/data (or $MNIST_ARCHIVES_DIR,
   $FASHION_MNIST_ARCHIVES_DIR) are copied to TFDS's manual directory, as a user without internet
   would do, so the notebooks prepare the datasets offline.
@@ -32,7 +33,8 @@ def shared_archives(name: str = "mnist") -> Path | None:
 
 os.environ.setdefault("TUTORIAL_PRESET", "tiny")
 os.environ.setdefault("TFDS_DATA_DIR", str(REPO / ".cache" / "tfds"))
-os.environ.setdefault("MNIST_DIFFUSION_CACHE", str(REPO / ".cache" / "metrics"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # small programs too
 _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
 os.environ.setdefault("TUTORIAL_RUNS_DIR", str(Path(tempfile.gettempdir()) / "mnist-diffusion-tests" / _run_id))
 

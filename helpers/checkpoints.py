@@ -1,9 +1,7 @@
-"""Checkpoints with orbax-checkpoint: model, optimizer state, EMA, step, PRNG keys and the history.
+"""Checkpoints with orbax-checkpoint: model, optimiser state, EMA, guide, step, PRNG keys, history.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run killed
-mid-save (even with SIGKILL) leaves the previous checkpoints intact. `restore_latest` walks back
-from the newest checkpoint and skips any that cannot be read, saying so.
-"""
+mid-save keeps its previous ones; `restore_latest` skips any that cannot be read, saying so."""
 
 from __future__ import annotations
 
@@ -13,76 +11,74 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-for _name in ("absl", "orbax", "orbax.checkpoint"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+from helpers.config import Config
+from helpers.training import Trainer
+from helpers.unet import create_unet
+
+logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs every save at INFO
 
 
 class CheckpointError(RuntimeError):
-    """No readable checkpoint: the message says where we looked and what was wrong."""
+    """No readable checkpoint or run folder: the message says where we looked and what was wrong."""
 
 
-def _manager(directory: Path, keep: int, create: bool = True) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
-
-
-def _pure(trainer) -> dict:
-    """The trainer's state as plain arrays: typed PRNG keys become their raw key data."""
-    state = nnx.state(trainer.modules())
-    pure = nnx.to_pure_dict(state)
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, pure)
-
-
-def _is_key(x) -> bool:
+def _is_key(x) -> bool:  # a typed PRNG key (orbax stores its raw uint32 data instead)
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _raw_key(x):
+    """A typed PRNG key as its raw uint32 data (shapes only for an abstract key); anything else as it is."""
+    if not _is_key(x):
+        return x
+    return jax.eval_shape(jax.random.key_data, x) if isinstance(x, jax.ShapeDtypeStruct) else jax.random.key_data(x)
+
+
+def _pure_state(trainer) -> dict:
+    """The trainer's state as nested dicts of arrays, PRNG keys as raw key data (what orbax stores)."""
+    return jax.tree.map(_raw_key, nnx.to_pure_dict(nnx.state(trainer.modules())))
 
 
 class CheckpointManager:
     """Save every N steps and at the end, keep the last few, restore the newest readable one."""
 
     def __init__(self, directory, keep: int = 3):
-        self.directory = Path(directory)
-        self.keep = keep
-        self._mngr = _manager(self.directory, keep)
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         """The steps of the checkpoints on disk, oldest first."""
-        self._mngr.reload()
-        return sorted(self._mngr.all_steps())
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
 
-    def save(self, trainer, extra: dict | None = None) -> int:
+    def save(self, trainer) -> int:
         """Write a checkpoint of `trainer` at its current step (synchronously); returns the step."""
-        step = trainer.step
-        meta = {
-            "step": step,
-            "config": trainer.cfg.to_dict(),
-            "history": trainer.history,
-            "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist(),
-            "step_key": np.asarray(jax.random.key_data(trainer.step_key)).tolist(),
-            **(extra or {}),
-        }
-        self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_pure(trainer)),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
-        self._mngr.wait_until_finished()
-        return step
+        meta = {"step": trainer.step, "config": json.loads(trainer.cfg.to_json()), "history": trainer.history,
+                "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist(),
+                "step_key": np.asarray(jax.random.key_data(trainer.step_key)).tolist()}
+        self._manager.save(trainer.step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_pure_state(trainer)), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+        return trainer.step
 
     def restore_latest(self, trainer) -> int | None:
         """Load the newest readable checkpoint into `trainer` (in place); returns its step or None."""
-        steps = self.steps()
         errors = []
-        for step in reversed(steps):
+        for step in reversed(self.steps()):
             try:
-                self._restore(trainer, step)
-                if errors:
-                    warnings.warn(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}. "
-                                  f"Resumed from step {step}.", stacklevel=2)
-                return step
+                self.restore(trainer, step)
             except Exception as err:  # a corrupt or incomplete checkpoint: try the one before
                 errors.append(f"step {step} ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+                continue
+            if errors:
+                warnings.warn(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}. Resumed from step {step}.",
+                              stacklevel=2)
+            return step
         if errors:
             raise CheckpointError(f"No readable checkpoint in {self.directory}: {'; '.join(errors)}. "
                                   f"Start a new run with another --out, or delete the folder.")
@@ -92,61 +88,49 @@ class CheckpointManager:
         """Load the checkpoint of `step` into `trainer` (in place); CheckpointError if it is not kept."""
         if step not in self.steps():
             raise CheckpointError(f"{self.directory} has no checkpoint of step {step}; it keeps steps {self.steps()}.")
-        self._restore(trainer, step)
-        return step
-
-    def _restore(self, trainer, step: int) -> None:
-        target = _pure(trainer)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        live = _pure_state(trainer)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, live)),
+            meta=ocp.args.JsonRestore()))
         pure, meta = restored["state"], restored["meta"]
         if int(meta["step"]) != step:
             raise CheckpointError(f"checkpoint {step} says it is step {meta['step']}")
-        # Typed PRNG keys: rebuild them from their raw data, as they were saved.
-        live = nnx.to_pure_dict(nnx.state(trainer.modules()))
-        pure = jax.tree.map(lambda new, old: jax.random.wrap_key_data(new) if _is_key(old) else new,
-                            pure, live)
-        bad = [p for p, x in jax.tree_util.tree_leaves_with_path(pure)
-               if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and not bool(jax.numpy.all(jax.numpy.isfinite(x)))]
-        if bad:
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(pure) if jnp.issubdtype(x.dtype, jnp.floating)):
             raise CheckpointError(f"checkpoint {step} holds non-finite values")
         state = nnx.state(trainer.modules())
-        nnx.replace_by_pure_dict(state, pure)
+        keys_back = lambda new, old: jax.random.wrap_key_data(new) if _is_key(old) else new  # noqa: E731
+        nnx.replace_by_pure_dict(state, jax.tree.map(keys_back, pure, nnx.to_pure_dict(state)))
         nnx.update(trainer.modules(), state)
         trainer.data_key = jax.random.wrap_key_data(np.asarray(meta["data_key"], np.uint32))
         trainer.step_key = jax.random.wrap_key_data(np.asarray(meta["step_key"], np.uint32))
-        trainer._order_epoch = None  # the cached epoch order belongs to the old key
         trainer.history = {k: list(v) for k, v in meta["history"].items()}
         trainer.place_on_mesh()
+        return step
 
 
-def read_config(run_dir) -> dict:
-    """The resolved config a run wrote (`config.json`)."""
+def read_config(run_dir):
+    """The `Config` a run wrote to its `config.json`; CheckpointError naming the file if it cannot be read."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder: {path.name} is missing. "
-                              f"Pass the folder that scripts/train.py wrote (its --out).")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{run_dir} is not a run folder: {path} is missing. Pass the folder that "
+                              f"scripts/train.py wrote (its --out).")
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} cannot be read as a run configuration: {err}. Restore the file "
+                              f"(each checkpoint's meta also holds the config) or start a new run.") from err
 
 
 def load_run(run_dir, step: int | None = None):
-    """Rebuild a run's Trainer from its folder and load its newest readable checkpoint.
+    """(config, trainer) of a run folder, with its newest readable checkpoint (or `step`) loaded.
 
-    Returns (config, trainer); `trainer.ema.model` is the EMA model to sample from. `step` loads
-    that checkpoint instead of the newest (one of those still kept: `CheckpointManager.steps()`).
-    """
-    from helpers.config import Config
-    from helpers.training import Trainer
-    from helpers.unet import create_unet
-
-    cfg = Config.from_dict(read_config(run_dir))
-    placeholder = np.zeros((cfg.batch_size, 28, 28, 1), np.uint8)  # shapes only; no data needed
-    trainer = Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), placeholder, total_steps=1)
-    mngr = CheckpointManager(Path(run_dir) / "checkpoints", keep=cfg.keep_checkpoints)
+    The model is built abstractly with `nnx.eval_shape` (shapes only, no data, no initialisation);
+    the checkpoint then fills it. `trainer.ema.model` is the EMA model to sample from."""
+    cfg = read_config(run_dir)
+    trainer = Trainer(cfg, nnx.eval_shape(lambda: create_unet(cfg.model, seed=cfg.seed)), total_steps=1)
+    manager = CheckpointManager(Path(run_dir) / "checkpoints")
     if step is not None:
-        mngr.restore(trainer, step)
-        return cfg, trainer
-    if mngr.restore_latest(trainer) is None:
-        raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {mngr.directory}).")
+        manager.restore(trainer, step)
+    elif manager.restore_latest(trainer) is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {manager.directory}).")
     return cfg, trainer

@@ -1,13 +1,13 @@
 """MNIST / Fashion-MNIST through TFDS, held in device memory and batched on the device.
 
-TensorFlow only prepares and reads the dataset, once; it never runs inside the training loop.
-Each split is read into memory as uint8 (N, 28, 28, 1) and moved to the device. The training step
-gathers its batch with indices from an on-device permutation and converts it with
-`to_model_range`, so there is no host round trip per step.
-"""
+TensorFlow only prepares and reads each split, once, into uint8 (N, 28, 28, 1) arrays; batches are
+then gathered on the device from a per-epoch permutation, with no host round trip per step."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import os
 import socket
 import urllib.parse
@@ -20,19 +20,9 @@ import numpy as np
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")
 #: The original archives, as TFDS's `mnist` and `fashion_mnist` builders expect them (both use these names).
-ARCHIVE_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-IMAGE_SIZE = 32  # 28 x 28 padded by 2 on each side: 32 -> 16 -> 8 halves cleanly in the UNet
-PAD = 2
-CLASS_NAMES = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-}
+ARCHIVE_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+PAD = 2  # 28 x 28 padded by 2 on each side: 32 -> 16 -> 8 halves cleanly in the UNet
 
 
 class DataNotFoundError(RuntimeError):
@@ -45,31 +35,19 @@ def default_data_dir() -> Path:
 
 
 def manual_dir_candidates(name: str, data_dir: Path) -> list[Path]:
-    """Where the original archives are looked for, in order.
-
-    `<data_dir>/downloads/manual/<name>/` lets MNIST and Fashion-MNIST (same file names) live side
-    by side; `<data_dir>/downloads/manual/` is TFDS's own default manual directory.
-    """
+    """Where the original archives are looked for: `downloads/manual/<name>/` (MNIST and Fashion-MNIST
+    share file names), then TFDS's own default `downloads/manual/`."""
     manual = Path(data_dir) / "downloads" / "manual"
     return [manual / name, manual]
 
 
-def _has_archives(folder: Path) -> bool:
-    return all((Path(folder) / f).is_file() for f in ARCHIVE_FILES)
-
-
 def _import_tfds():
     """Import TFDS with TensorFlow kept off every GPU (JAX owns the accelerator)."""
-    from helpers.environment import configure_environment
-
-    configure_environment()
     import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow was already initialised by the user: nothing more to do
-        pass
     import tensorflow_datasets as tfds
+
+    with contextlib.suppress(RuntimeError):  # raised when TensorFlow already runs: nothing more to do
+        tf.config.set_visible_devices([], "GPU")
 
     return tfds
 
@@ -88,66 +66,36 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 def missing_data_message(name: str, data_dir: Path, manual_dir: Path | None = None) -> str:
     """What to do when the dataset can be neither downloaded nor prepared from local archives."""
     folders = [Path(manual_dir)] if manual_dir else manual_dir_candidates(name, data_dir)
-    files = "\n".join(f"    {f}" for f in ARCHIVE_FILES)
-    where = "\n".join(f"    {f}/" for f in folders)
-    return (
-        f"Cannot get the '{name}' dataset: it is not prepared in {data_dir}, there is no internet "
-        f"connection to download it, and the original archives were not found.\n"
-        f"Put these four files:\n{files}\n"
-        f"into one of:\n{where}\n"
-        f"(or pass --manual-dir / manual_dir= pointing at the folder that holds them), then run again. "
-        f"TFDS verifies their checksums and prepares the dataset offline (about 20 s)."
-    )
+    return (f"Cannot get the '{name}' dataset: it is not prepared in {data_dir}, there is no internet connection "
+            f"to download it, and the original archives were not found.\nPut these four files:\n"
+            + "".join(f"    {f}\n" for f in ARCHIVE_FILES) + "into one of:\n" + "".join(f"    {f}/\n" for f in folders)
+            + "(or pass --manual-dir / manual_dir= pointing at the folder that holds them), then run again. "
+              "TFDS verifies their checksums and prepares the dataset offline (about 20 s).")
 
 
-class file_lock:
-    """An exclusive advisory lock on `path` (created if needed) for a `with` block: processes that
-    share a data or cache folder (parallel tests, two notebooks) prepare things once, not twice."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def __enter__(self):
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "w")
-        fcntl.flock(self._fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock on `path` for a `with` block: processes that share a data or cache folder
+    (parallel tests, two notebooks) prepare things once, not twice."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
-def _cache_path(name: str, split: str, version: str, data_dir: Path) -> Path:
-    return Path(data_dir) / "mnist_diffusion_jax_cache" / f"{name}-{version}-{split}.npz"
-
-
-def load_split(
-    name: str = "mnist",
-    split: str = "train",
-    data_dir: str | os.PathLike | None = None,
-    manual_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def load_split(name: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
+               manual_dir: str | os.PathLike | None = None, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read one split into memory: uint8 images (N, 28, 28, 1) and int32 labels (N,).
 
     Order of attempts: an array cache next to the prepared dataset; a prepared TFDS dataset;
     the original archives in a manual directory (prepared offline by TFDS's own builder, checksums
-    verified); a download when the internet is there. Otherwise `DataNotFoundError`, at once.
-    """
+    verified); a download when the internet is there. Otherwise `DataNotFoundError`, at once."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}: choose one of {', '.join(SPLITS)}.")
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
-
-    tfds = None
-    version = {"mnist": "3.0.1", "fashion_mnist": "3.0.1"}[name]
-    cache = _cache_path(name, split, version, data_dir)
+    cache = data_dir / "mnist_diffusion_jax_cache" / f"{name}-3.0.1-{split}.npz"  # TFDS's version of both
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(cache.parent / f".{name}.lock"):  # one process prepares; others wait, then read
@@ -161,33 +109,24 @@ def load_split(
                 np.savez(tmp, image=data["image"], label=data["label"])
                 tmp.replace(cache)
     with np.load(cache) as arrays:
-        images = arrays["image"].astype(np.uint8)
-        labels = arrays["label"].astype(np.int32)
-    if limit is not None:
-        if limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}.")
-        images, labels = images[:limit], labels[:limit]
-    return images, labels
+        return arrays["image"][:limit].astype(np.uint8), arrays["label"][:limit].astype(np.int32)
 
 
 def _prepare(tfds, builder, name: str, data_dir: Path, manual_dir) -> None:
     """Prepare a TFDS dataset from local archives when they are there, else by download."""
     candidates = [Path(manual_dir).expanduser()] if manual_dir else manual_dir_candidates(name, data_dir)
     for folder in candidates:
-        if _has_archives(folder):
-            # TFDS names extracted files after the archive alone (downloads/extracted/GZIP.<file>),
-            # and MNIST and Fashion-MNIST share file names: without a folder per dataset, the second
-            # one prepared would silently reuse the first one's images.
+        if all((folder / f).is_file() for f in ARCHIVE_FILES):
+            # TFDS names extracted files after the archive alone, and MNIST and Fashion-MNIST share file
+            # names: without a folder per dataset the second one prepared would reuse the first's images.
             config = tfds.download.DownloadConfig(
                 manual_dir=str(folder), extract_dir=str(Path(data_dir) / "downloads" / "extracted" / name))
             try:
                 builder.download_and_prepare(download_config=config)
             except Exception as err:  # checksum mismatch: e.g. Fashion-MNIST files in MNIST's folder
-                raise DataNotFoundError(
-                    f"TFDS could not prepare '{name}' from the archives in {folder}: {err}\n"
-                    f"Check that the folder holds the {name} archives (MNIST and Fashion-MNIST use the "
-                    f"same file names) and that they are complete."
-                ) from err
+                raise DataNotFoundError(f"TFDS could not prepare '{name}' from the archives in {folder}: {err}\n"
+                                        f"Check that the folder holds the {name} archives (MNIST and Fashion-MNIST "
+                                        f"use the same file names) and that they are complete.") from err
             return
     if manual_dir and not Path(manual_dir).expanduser().is_dir():
         raise DataNotFoundError(f"--manual-dir {manual_dir} does not exist.\n"
@@ -198,15 +137,8 @@ def _prepare(tfds, builder, name: str, data_dir: Path, manual_dir) -> None:
     builder.download_and_prepare()
 
 
-# ----------------------------------------------------------------------------- on the device
-
-
 def to_model_range(images_uint8: jax.Array) -> jax.Array:
-    """uint8 (B, 28, 28, 1) -> float32 in [-1, 1], padded to (B, 32, 32, 1) with -1 (the background).
-
-    A batch keeps the configured batch size: the reference tutorial prints (64, 32, 32, 1) for a batch
-    while its BATCH_SIZE is 256; here a batch of 256 has shape (256, 32, 32, 1).
-    """
+    """uint8 (B, 28, 28, 1) -> float32 in [-1, 1], padded to (B, 32, 32, 1) with -1 (the background)."""
     x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
     return jnp.pad(x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), constant_values=-1.0)
 
@@ -229,8 +161,7 @@ def epoch_order(data_key: jax.Array, epoch, num_examples: int, batch_size: int) 
 
     It is `permutation(fold_in(data_key, epoch))`, so every epoch sees every example exactly once and
     a resumed run sees exactly the batches it would have seen. The padding repeats the first indices;
-    `batch_slice` gives them mask 0.
-    """
+    `batch_slice` gives them mask 0."""
     spe = steps_per_epoch(num_examples, batch_size)
     perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
     return jnp.concatenate([perm, perm[: spe * batch_size - num_examples]])
@@ -246,16 +177,12 @@ def batch_slice(order: jax.Array, pos, num_examples: int, batch_size: int):
     return idx, mask.astype(jnp.float32)
 
 
-def batch_indices(data_key: jax.Array, step, num_examples: int, batch_size: int):
-    """Indices and mask of global step `step` (epoch = step // steps_per_epoch); pure and jittable."""
-    spe = steps_per_epoch(num_examples, batch_size)
-    step = jnp.asarray(step)
-    order = epoch_order(data_key, step // spe, num_examples, batch_size)
-    return batch_slice(order, step % spe, num_examples, batch_size)
-
-
-def epoch_batches(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int):
-    """All (indices, mask) of one epoch at once, shapes (steps_per_epoch, B): for plots and checks."""
-    spe = steps_per_epoch(num_examples, batch_size)
-    steps = epoch * spe + jnp.arange(spe)
-    return jax.vmap(lambda s: batch_indices(data_key, s, num_examples, batch_size))(steps)
+@functools.partial(jax.jit, static_argnames=("batch_size", "sharding"))
+def get_batch(images_uint8, labels, order, position, batch_size: int, sharding=None):
+    """Batch `position` of an epoch `order`, gathered on the device: (x0 in [-1, 1], labels or None,
+    mask). With a `sharding`, the batch is split across devices along its first axis."""
+    idx, mask = batch_slice(order, position, images_uint8.shape[0], batch_size)
+    x0 = to_model_range(images_uint8[idx])
+    if sharding is not None:
+        x0, mask = jax.lax.with_sharding_constraint((x0, mask), sharding)
+    return x0, None if labels is None else labels[idx], mask

@@ -1,8 +1,5 @@
-"""Figures: sample grids, the training curve, a forward-diffusion strip, a reverse-process GIF.
-
-Every function returns the matplotlib Figure and, given `path`, also saves it (PNG), so the same
-call shows the figure inline in Jupyter and writes a file from a script with no display.
-"""
+"""Figures: sample grids, the training curve, the reverse process. Each returns its matplotlib
+Figure and, given `path`, also saves it as a PNG (inline in Jupyter, a file from a script)."""
 
 from __future__ import annotations
 
@@ -14,25 +11,9 @@ import numpy as np
 from helpers.data import from_model_range
 
 
-def in_jupyter() -> bool:
-    """True inside a Jupyter kernel (figures show inline), False in a plain script."""
-    import sys
-
-    return "ipykernel" in sys.modules
-
-
-def use_headless_backend_if_needed() -> None:
-    """Switch to Agg when there is no display and we are not inside Jupyter (plain `python x.py`)."""
-    import os
-
-    if not in_jupyter() and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
-        plt.switch_backend("Agg")
-
-
 def _save(fig, path):
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
 
@@ -103,38 +84,6 @@ def plot_training_curve(history: dict, title: str = "Diffusion training (warmup 
     return _save(fig, path)
 
 
-def plot_lr_schedule(lr_schedule, total_steps: int, path=None, title: str = "Learning rate: warmup + cosine decay"):
-    """The learning rate at every step of a run."""
-    steps = np.arange(total_steps)
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(steps, np.asarray(lr_schedule(steps)), color="tab:orange")
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_forward_strip(x0, schedule, timesteps, key, path=None, title: str | None = None):
-    """One image noised to each timestep in `timesteps` with q(x_t | x_0) (the same noise for all t)."""
-    import jax
-    import jax.numpy as jnp
-
-    x0 = jnp.asarray(x0)[None] if jnp.ndim(x0) == 3 else jnp.asarray(x0[:1])
-    noise = jax.random.normal(key, x0.shape)
-    ts = jnp.asarray(timesteps)
-    xt = jax.vmap(lambda t: schedule.q_sample(x0, t[None], noise)[0])(ts)
-    fig, axes = plt.subplots(1, len(timesteps), figsize=(1.3 * len(timesteps), 1.7))
-    for ax, img, t in zip(np.atleast_1d(axes), np.asarray(xt), timesteps):
-        ax.imshow(from_model_range(img)[..., 0], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"t={int(t)}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title or f"forward process, {schedule.kind} schedule", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Reverse process"):
     """Rows: samples; columns: x_t at `num_frames` evenly spaced steps of a sampler's trajectory."""
     xs = np.asarray(xs)
@@ -166,19 +115,3 @@ def save_trajectory_gif(xs, path, ncols: int | None = None, frames: int = 40, sc
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return path
-
-
-def plot_image_rows(rows: dict, ncols: int | None = None, path=None, size: float = 0.55, title: str | None = None):
-    """One titled row of images per entry of `rows` ({row title: images in [-1, 1]}): for comparing
-    samplers, settings or models side by side on the same noise."""
-    ncols = ncols or max(len(x) for x in rows.values())
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, ncols * size), len(rows) * 2.3 * size),
-                             squeeze=False)
-    for ax, (name, x) in zip(axes[:, 0], rows.items()):
-        ax.imshow(image_grid(np.asarray(x)[:ncols], ncols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)

@@ -1,15 +1,15 @@
-"""Optimiser, learning-rate schedule, EMA, the train step and the training loop.
+"""Training: the optimiser and its learning-rate schedule, the EMA, the step, and the loop.
 
-The train step is written the NNX way (modules mutated in place) and compiled two ways:
-`nnx.jit(train_step)` for one step at a time (the notebooks show it), and `Trainer`, which compiles
-it once with split/merge around it and dispatches `log_every` steps back to back without waiting
-(JAX dispatch is asynchronous), reading the metrics once per chunk. (A `lax.scan` over whole train
-steps was measured ~20x slower per step on XLA:CPU, so it is not used.) The batch is sharded over
-all local devices (`jax.sharding`).
-"""
+`train_step` is the whole of DDPM training (Ho et al. 2020, algorithm 1) with the configured target,
+loss and weighting, written the NNX way (modules updated in place). `compiled_train_step` is its one
+compiled form: `jax.jit` over the modules' pure state (split/merge around the step), because
+`nnx.jit` walks the module graph in Python on every call, which costs more than a small model's step.
+`Trainer` dispatches `log_every` steps back to back and reads their losses once per chunk; step s's
+batch and noise depend only on (seed, s), so a resumed run continues exactly. Batches are sharded."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Callable
@@ -21,11 +21,12 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm  # the text bar: a terminal, Jupyter and the rendered notebooks all show it
 
 from helpers.config import Config
-from helpers.data import batch_slice, epoch_order, steps_per_epoch, to_model_range
-from helpers.losses import (loss_weights, masked_mean, per_example_loss, prediction_target,
-                            sample_timesteps)
+from helpers.data import epoch_order, get_batch, steps_per_epoch
+from helpers.losses import loss_weights, masked_mean, per_example_loss, prediction_target, sample_timesteps
+from helpers.sampling import sample
 from helpers.schedules import NoiseSchedule
 
 
@@ -33,71 +34,58 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
 
 
-# ----------------------------------------------------------------------------- optimiser
-
-
 def make_lr_schedule(peak: float, warmup_steps: int, total_steps: int, end_fraction: float = 0.01):
-    """Linear warmup from 0 to `peak`, then cosine decay to `end_fraction * peak` at `total_steps`.
-
-    optax counts the warmup inside `decay_steps`, so decay_steps = total_steps (the reference
-    tutorial's `decay_steps=total_steps` is right; its comment "over 1000 steps" is not: 500).
-    """
+    """Linear warmup from 0 to `peak`, then cosine decay to `end_fraction * peak` at `total_steps`
+    (optax counts the warmup inside `decay_steps`, so the schedule spans the whole run)."""
     warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
         decay_steps=max(int(total_steps), warmup_steps + 1), end_value=peak * end_fraction)
 
 
+# AdamW (Loshchilov & Hutter 2019) after global-norm clipping (Pascanu et al. 2013).
 def make_optimizer(model: nnx.Module, lr_schedule, weight_decay: float, grad_clip: float) -> nnx.Optimizer:
-    """Global-norm clipping, then AdamW (Loshchilov & Hutter 2019) on the model's nnx.Param leaves."""
-    steps = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    tx = optax.chain(*steps, optax.adamw(lr_schedule, weight_decay=weight_decay))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    """An `nnx.Optimizer` over the model's `nnx.Param` leaves."""
+    clip = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    return nnx.Optimizer(model, optax.chain(*clip, optax.adamw(lr_schedule, weight_decay=weight_decay)),
+                         wrt=nnx.Param)
 
 
-# ----------------------------------------------------------------------------- EMA
+def ema_decay_at(decay: float, num_updates, warmup: bool = True):
+    """decay_n = min(decay, (1 + n) / (10 + n)) after n updates with warm-up, else `decay`.
 
-
-def own_copy(model: nnx.Module) -> nnx.Module:
-    """A clone of `model` with its own copies of the arrays (not shared, so both can be donated to
-    one jit call or changed independently)."""
-    copy = nnx.clone(model)
-    nnx.update(copy, jax.tree.map(jnp.copy, nnx.state(model)))
-    return copy
+    Without warm-up an EMA of 0.9999 still holds 0.9999^n of the random initial weights after n
+    updates, and samples from it are noise for most of a short run."""
+    n = jnp.asarray(num_updates, jnp.float32)
+    return jnp.minimum(decay, (1.0 + n) / (10.0 + n)) if warmup else jnp.asarray(decay, jnp.float32)
 
 
 class EmaCount(nnx.Variable):
     """How many EMA updates have been applied (drives the decay warm-up)."""
 
 
-def ema_decay_at(decay: float, num_updates, warmup: bool = True):
-    """decay_n = min(decay, (1 + n) / (10 + n)) with warm-up, else `decay`.
-
-    Without warm-up an EMA of 0.9999 started from the initial weights still holds 0.9999^n of them
-    after n updates (89% after 1,170 updates), and samples from it are noise.
-    """
-    if not warmup:
-        return jnp.asarray(decay, jnp.float32)
-    n = jnp.asarray(num_updates, jnp.float32)
-    return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+def own_copy(model: nnx.Module) -> nnx.Module:
+    """A clone of `model` with copies of its arrays, so that both can be donated to one jit call."""
+    copy = nnx.clone(model)
+    nnx.update(copy, jax.tree.map(jnp.copy, nnx.state(model)))
+    return copy
 
 
 class EMA(nnx.Module):
-    """Exponential moving average of a model's parameters: `ema.model` is a full model to sample from."""
+    """Exponential moving average of a model's parameters; `ema.model` is a full model to sample from."""
 
     def __init__(self, model: nnx.Module, decay: float = 0.9999, every: int = 1, warmup: bool = True):
-        self.model = own_copy(model)  # not sharing arrays with the model: both are donated to the step
+        self.model = own_copy(model)
         self.decay, self.every, self.warmup = float(decay), int(every), bool(warmup)
         self.count = EmaCount(jnp.zeros((), jnp.int32))
 
     def update(self, model: nnx.Module, step) -> None:
-        """After optimiser step `step` (1-based): ema = d * ema + (1 - d) * params, every `every` steps."""
-        do = (jnp.asarray(step) % self.every) == 0
-        d = jnp.where(do, ema_decay_at(self.decay, self.count.value, self.warmup), 1.0)
-        ema_params = nnx.state(self.model, nnx.Param)
-        params = nnx.state(model, nnx.Param)
-        nnx.update(self.model, jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params))
-        self.count.value = self.count.value + do.astype(jnp.int32)
+        """After optimiser step `step`, every `every` steps: ema = d ema + (1 - d) params."""
+        due = (jnp.asarray(step) % self.every) == 0
+        d = jnp.where(due, ema_decay_at(self.decay, self.count[...], self.warmup), 1.0)
+        ema_params = optax.incremental_update(nnx.state(model, nnx.Param), nnx.state(self.model, nnx.Param), 1.0 - d)
+        nnx.update(self.model, ema_params)
+        self.count[...] = self.count[...] + due.astype(jnp.int32)
 
 
 class GuideStep(nnx.Variable):
@@ -106,7 +94,7 @@ class GuideStep(nnx.Variable):
 
 class Guide(nnx.Module):
     """The weak model of autoguidance (Karras et al. 2024): a frozen copy of the EMA weights taken
-    once, early in the run (`Config.guide_fraction`), checkpointed with the rest of the state."""
+    once, early in the run (`Config.guide_fraction`), and checkpointed with the rest."""
 
     def __init__(self, model: nnx.Module):
         self.model = own_copy(model)
@@ -114,7 +102,7 @@ class Guide(nnx.Module):
 
     def take(self, model: nnx.Module, step: int) -> None:
         """Copy `model`'s weights (the EMA model) into the guide, recording the step."""
-        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))
+        nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))  # its own arrays: the EMA's are donated
         self.taken_at[...] = jnp.array(step, jnp.int32)
 
     @property
@@ -129,253 +117,182 @@ class Guide(nnx.Module):
 
 
 def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
-    """The step at which the guide is taken: `fraction` of the run, rounded to a whole chunk (the
-    trainer reads its state only between chunks), at least one chunk and at most the whole run."""
+    """The step at which the guide is taken: `fraction` of the run in whole chunks (the trainer
+    reads its state only between chunks), at least one chunk and at most the whole run."""
     return int(min(total_steps, max(chunk, round(fraction * total_steps / chunk) * chunk)))
 
 
-# ----------------------------------------------------------------------------- the step
+def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
+               cfg: Config):
+    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step, EMA update.
 
-
-def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, cfg: Config,
-               images_uint8, labels, idx, mask, key, sharding=None):
-    """One DDPM training step (Ho et al. 2020, algorithm 1) with the configured target, loss and weights.
-
-    Gathers batch `idx` from the on-device dataset, noises it at uniform timesteps, takes one
-    AdamW step and updates the EMA. Returns {"loss", "grad_norm"}.
-    """
-    x0 = to_model_range(images_uint8[idx])
-    if sharding is not None:  # split the batch across devices; XLA inserts the gradient all-reduce
-        x0 = jax.lax.with_sharding_constraint(x0, sharding)
-    t_key, n_key, l_key = jax.random.split(key, 3)
-    t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
-    noise = jax.random.normal(n_key, x0.shape, x0.dtype)
-    x_t = schedule.q_sample(x0, t, noise)
-    target = prediction_target(cfg.prediction, x0, noise, schedule, t)
+    Returns {"loss", "grad_norm"}; `mask` is 0 for the padding of an epoch's short last batch."""
+    t_key, noise_key, label_key = jax.random.split(key, 3)
+    t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)  # t ~ U{0, ..., T-1}
+    noise = jax.random.normal(noise_key, x0.shape)  # eps ~ N(0, I)
+    x_t = schedule.q_sample(x0, t, noise)  # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
+    target = prediction_target(cfg.prediction, x0, noise, schedule, t)  # eps, v or x0
     weights = loss_weights(cfg.loss_weighting, cfg.prediction, schedule, t, cfg.min_snr_gamma)
-    y = None
-    if labels is not None:  # classifier-free guidance: drop the label with probability label_dropout
-        y = labels[idx]
-        drop = jax.random.uniform(l_key, y.shape) < cfg.label_dropout
-        y = jnp.where(drop, cfg.model.num_classes, y)
+    if labels is not None:  # classifier-free guidance (Ho & Salimans 2022): sometimes "no label"
+        dropped = jax.random.uniform(label_key, labels.shape) < cfg.label_dropout
+        labels = jnp.where(dropped, cfg.model.num_classes, labels)
 
     def loss_fn(model):
-        pred = model(x_t, t, y)
-        per_example = per_example_loss(cfg.loss, pred, target, cfg.huber_delta) * weights
-        return masked_mean(per_example, mask)
+        pred = model(x_t, t, labels)
+        return masked_mean(per_example_loss(cfg.loss, pred, target, cfg.huber_delta) * weights, mask)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
-    ema.update(model, optimizer.step.value)
+    ema.update(model, optimizer.step[...])
     return {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
-def make_jit_train_step(schedule: NoiseSchedule, cfg: Config):
-    """`train_step` compiled with `nnx.jit`: step(model, optimizer, ema, images, labels, idx, mask, key).
-
-    One step at a time, as the notebooks show it; `Trainer` compiles the same function with
-    split/merge around it, which costs less Python per step.
-    """
-
-    @nnx.jit
-    def step(model, optimizer, ema, images_uint8, labels, idx, mask, key):
-        return train_step(model, optimizer, ema, schedule, cfg, images_uint8, labels, idx, mask, key)
-
-    return step
-
-
-# ----------------------------------------------------------------------------- the loop
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("state",))
+def compiled_train_step(graphdef, state, schedule: NoiseSchedule, x0, labels, mask, key, cfg: Config):
+    """`train_step` on the pure state of (model, optimizer, ema), compiled once; the state's buffers
+    are donated (updated in place). Returns (new state, metrics)."""
+    model, optimizer, ema = nnx.merge(graphdef, state)
+    metrics = train_step(model, optimizer, ema, schedule, x0, labels, mask, key, cfg)
+    return nnx.state((model, optimizer, ema)), metrics
 
 
 class Trainer:
-    """Owns model, optimiser, EMA and the on-device dataset; runs compiled chunks of steps.
+    """A run's model, optimiser, EMA and guide, its data on the device (None: only to sample), the loop."""
 
-    The batch of global step s and its noise depend only on (seed, s), so a run resumed from a
-    checkpoint at step s continues exactly as the uninterrupted run would have.
-    """
-
-    def __init__(self, cfg: Config, model: nnx.Module, images_uint8: np.ndarray, labels: np.ndarray | None = None,
-                 total_steps: int | None = None, devices=None):
-        cfg.validate(num_train_examples=len(images_uint8))
-        self.cfg = cfg
-        self.num_examples = int(len(images_uint8))
-        self.total_steps = int(total_steps or cfg.total_steps(self.num_examples))
+    def __init__(self, cfg: Config, model: nnx.Module, images: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, total_steps: int | None = None, devices=None):
+        self.cfg = cfg.validate(num_train_examples=None if images is None else len(images))
+        self.num_examples = cfg.batch_size if images is None else len(images)
         self.steps_per_epoch = steps_per_epoch(self.num_examples, cfg.batch_size)
         self.schedule = NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-        self.lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, self.total_steps,
-                                            cfg.end_lr_fraction)
-        self.model = model
-        self.optimizer = make_optimizer(model, self.lr_schedule, cfg.weight_decay, cfg.grad_clip)
-        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
-        self.guide = Guide(self.ema.model) if cfg.guide_fraction else None
-        self.guide_step = (guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every)
-                           if cfg.guide_fraction else None)
-
+        self.data_key, self.step_key = jax.random.split(jax.random.key(cfg.seed))
+        self.history: dict[str, list] = {"step": [], "epoch": [], "loss": [], "lr": [], "images_per_s": []}
         devices = list(devices or jax.local_devices())
         if cfg.batch_size % len(devices):
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {len(devices)} local devices.")
-        self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                                  axis_types=(jax.sharding.AxisType.Auto,))
-        self.batch_sharding = NamedSharding(self.mesh, P("data"))
-        replicated = NamedSharding(self.mesh, P())
-        self.images = jax.device_put(np.asarray(images_uint8, np.uint8), replicated)
-        self.labels = None if labels is None or cfg.model.num_classes is None else \
-            jax.device_put(np.asarray(labels, np.int32), replicated)
-        root = jax.random.key(cfg.seed)
-        self.data_key, self.step_key = jax.random.split(root)
-        self.history: dict[str, list] = {"step": [], "epoch": [], "loss": [], "lr": [], "images_per_s": []}
-        # Everything the step reads lives on the mesh from the start (replicated), so the first
-        # and every later chunk see identical input shardings and compile once.
-        self._replicated = replicated
-        self._graphdef = nnx.graphdef((self.model, self.optimizer, self.ema))
-        self.place_on_mesh()
-        self._step_fn = jax.jit(self._step, donate_argnums=(0,))
-        self._order_fn = jax.jit(lambda key, epoch: epoch_order(key, epoch, self.num_examples, cfg.batch_size),
-                                 out_shardings=replicated)
-        self._order, self._order_epoch = None, None
+        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+        self.batch_sharding, self.replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        put = lambda a, dtype: None if a is None else jax.device_put(np.asarray(a, dtype), self.replicated)  # noqa: E731
+        self.images = put(images, np.uint8)
+        self.labels = put(labels, np.int32) if cfg.model.num_classes else None
+        self.model = model
+        self.plan(total_steps or cfg.total_steps(self.num_examples))
 
-    # -------------------------------------------------------------- compiled pieces
+    def plan(self, total_steps: int) -> None:
+        """Set the run's length: a fresh optimiser, EMA and guide whose schedule spans `total_steps`.
+        An abstract model (`nnx.eval_shape`, as `load_run` builds it) gets abstract ones, to be filled."""
+        cfg, self.total_steps = self.cfg, int(total_steps)
+        self.lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, self.total_steps, cfg.end_lr_fraction)
+        self.guide_step = guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every) if cfg.guide_fraction else None
+
+        def build(model):
+            ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
+            return (make_optimizer(model, self.lr_schedule, cfg.weight_decay, cfg.grad_clip), ema,
+                    Guide(ema.model) if cfg.guide_fraction else None)
+
+        abstract = isinstance(jax.tree.leaves(nnx.state(self.model))[0], jax.ShapeDtypeStruct)
+        self.optimizer, self.ema, self.guide = nnx.eval_shape(build, self.model) if abstract else build(self.model)
+        if not abstract:
+            self.place_on_mesh()
+
     @property
     def step(self) -> int:
         """The number of optimiser steps taken so far (the global step)."""
-        return int(self.optimizer.step.value)
+        return int(self.optimizer.step[...])
 
     def modules(self) -> tuple:
         """What a checkpoint holds: model, optimiser, EMA and, with autoguidance, the guide."""
         return (self.model, self.optimizer, self.ema) + ((self.guide,) if self.guide is not None else ())
 
     def place_on_mesh(self) -> None:
-        """Put model, optimiser and EMA on the mesh (replicated), so every chunk sees the same shardings."""
-        state = nnx.state(self.modules())
-        nnx.update(self.modules(), jax.device_put(state, self._replicated))
+        """Replicate the state on the mesh, so that every step sees the same input shardings."""
+        nnx.update(self.modules(), jax.device_put(nnx.state(self.modules()), self.replicated))
 
-    def _step(self, state, images, labels, order, step_key, step):
-        """One compiled step on the pure state (split/merge around the NNX `train_step`)."""
-        model, optimizer, ema = nnx.merge(self._graphdef, state)
-        idx, mask = batch_slice(order, step % self.steps_per_epoch, self.num_examples, self.cfg.batch_size)
-        metrics = train_step(model, optimizer, ema, self.schedule, self.cfg, images, labels, idx, mask,
-                             jax.random.fold_in(step_key, step), self.batch_sharding)
-        return nnx.state((model, optimizer, ema)), metrics
-
-    def epoch_order(self, epoch: int) -> jax.Array:
-        """The (device) example order of `epoch`, computed once per epoch, not once per step."""
-        if self._order_epoch != epoch:
-            self._order = self._order_fn(self.data_key, jnp.int32(epoch))
-            self._order_epoch = epoch
-        return self._order
-
-    def run_chunk(self, start: int, num_steps: int | None = None):
-        """Dispatch steps [start, start + num_steps) without waiting; returns stacked device metrics.
-
-        JAX dispatch is asynchronous: the steps are queued back to back and the host never waits
-        between them; it reads the metrics of the whole chunk once.
-        """
-        n = min(num_steps or self.cfg.log_every, self.total_steps - start)
-        state = nnx.state((self.model, self.optimizer, self.ema))
-        out = []
-        for s in range(start, start + n):
-            order = self.epoch_order(s // self.steps_per_epoch)
-            state, metrics = self._step_fn(state, self.images, self.labels, order, self.step_key, jnp.int32(s))
+    def run_chunk(self, start: int, num_steps: int | None = None) -> dict:
+        """Dispatch steps [start, start + num_steps) without waiting; returns their stacked metrics."""
+        if self.images is None:
+            raise ValueError("This trainer holds no training data (a run loaded to sample from).")
+        graphdef, state = nnx.split((self.model, self.optimizer, self.ema))
+        order, order_epoch, out = None, None, []
+        for s in range(start, min(start + (num_steps or self.cfg.log_every), self.total_steps)):
+            if s // self.steps_per_epoch != order_epoch:  # one permutation per epoch (helpers.data)
+                order_epoch = s // self.steps_per_epoch
+                order = epoch_order(self.data_key, order_epoch, self.num_examples, self.cfg.batch_size)
+            x0, labels, mask = get_batch(self.images, self.labels, order, s % self.steps_per_epoch,
+                                         self.cfg.batch_size, self.batch_sharding)
+            state, metrics = compiled_train_step(graphdef, state, self.schedule, x0, labels, mask,
+                                                 jax.random.fold_in(self.step_key, s), cfg=self.cfg)
             out.append(metrics)
         nnx.update((self.model, self.optimizer, self.ema), state)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
-    # -------------------------------------------------------------- the loop
-    def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None,
-            print_epochs: bool = True) -> dict[str, list]:
-        """Train from the current step to `total_steps`; returns the history.
-
-        `on_chunk(trainer)` runs after each chunk whose metrics have been read (checkpoints go there).
-        Raises NonFiniteLossError at the first NaN/inf loss, before any callback sees that state.
-        """
-        from tqdm import tqdm  # the text bar: works in a terminal, in Jupyter and in rendered notebooks
-
-        cfg, start = self.cfg, self.step
-        bar = tqdm(total=self.total_steps, initial=start, desc="training", unit="step",
-                   disable=not progress, dynamic_ncols=True)
-        t_start = time.perf_counter()
-        deadline = t_start + 60 * cfg.time_limit_minutes if cfg.time_limit_minutes else math.inf
-        last_time, epoch_losses = time.perf_counter(), []
-        chunk_start = last_time
-        step = start
-        try:
-            while step < self.total_steps:
-                metrics = self.run_chunk(step)
-                losses = np.asarray(metrics["loss"])  # the one host read per chunk
-                now = time.perf_counter()
-                n = len(losses)
-                if not np.all(np.isfinite(losses)):
-                    bad = step + int(np.argmin(np.isfinite(losses)))
-                    raise NonFiniteLossError(
-                        f"The loss became {losses[~np.isfinite(losses)][0]} at step {bad}. The run stopped; the "
-                        f"last good checkpoint is kept. Try a lower --learning-rate, keep --grad-clip on, "
-                        f"or use --loss huber.")
-                ips = n * cfg.batch_size / max(now - last_time, 1e-9)
-                last_time = now
-                steps = np.arange(step, step + n)
-                lrs = np.asarray(self.lr_schedule(steps))  # optax uses lr(s) at step s
-                for s, l, lr in zip(steps, losses, lrs):
-                    epoch = int(s // self.steps_per_epoch)
-                    self._record(int(s), epoch, float(l), float(lr), ips)
-                    epoch_losses.append(float(l))
-                    if (s + 1) % self.steps_per_epoch == 0 and print_epochs:
-                        tqdm.write(f"epoch {epoch + 1}: avg loss {np.mean(epoch_losses):.4f}")
-                        epoch_losses = []
-                if self.guide is not None and step < self.guide_step <= step + n:
-                    self.guide.take(self.ema.model, step + n)  # before any checkpoint of a later step
-                step += n
-                bar.update(n)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lrs[-1]:.2e}", img_s=f"{ips:.0f}")
+    def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None) -> dict[str, list]:
+        """Train to `total_steps` or the time limit, calling `on_chunk(trainer)` after each chunk (checkpoints);
+        NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history."""
+        limit = self.cfg.time_limit_minutes
+        deadline = time.perf_counter() + 60 * limit if limit else math.inf
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not progress)
+        with bar:
+            while self.step < self.total_steps:
+                chunk_start, start = time.perf_counter(), self.step
+                losses = np.asarray(self.run_chunk(start)["loss"])  # the one host read per chunk
+                seconds = time.perf_counter() - chunk_start
+                record_chunk(self, start, losses, seconds)
+                if self.guide is not None and start < self.guide_step <= self.step:
+                    self.guide.take(self.ema.model, self.step)
+                bar.update(len(losses))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{len(losses) * self.cfg.batch_size / seconds:.0f}")
                 if on_chunk is not None:
                     on_chunk(self)
-                # stop before a chunk that would end past the limit (the last one took chunk_seconds)
-                chunk_seconds = time.perf_counter() - chunk_start
-                chunk_start = time.perf_counter()
-                if chunk_start + chunk_seconds > deadline and step < self.total_steps:
-                    tqdm.write(f"time limit of {cfg.time_limit_minutes} min reached at step {step}.")
+                now = time.perf_counter()  # stop before a chunk that would end past the limit
+                if now + (now - chunk_start) > deadline and self.step < self.total_steps:
+                    tqdm.write(f"time limit of {limit:g} min reached at step {self.step}.")
                     break
-        finally:
-            bar.close()
         return self.history
 
-    def sample(self, key: jax.Array, num_samples: int, use_ema: bool = True, **kwargs):
-        """Samples from this run's model: the EMA weights by default, the run's schedule, target and
-        sampler settings unless overridden (see `helpers.sampling.sample`). A class-conditional model
-        draws the labels 0, 1, ..., 9, 0, ... in turn with classifier-free guidance `cfg.guidance_scale`."""
-        from helpers.sampling import sample
-
+    def sample(self, key: jax.Array, num_samples: int, use_ema: bool = True, **options):
+        """Samples from the EMA (or raw) weights with the run's sampler settings unless `options` override
+        them (`helpers.sampling.sample`); a class-conditional model draws the labels 0-9 in turn."""
         cfg = self.cfg
         opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
         if cfg.model.num_classes:
             opts.update(labels=jnp.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
-        w = kwargs.pop("autoguidance_scale", cfg.autoguidance_scale)
-        if w is not None and w < 1.0:
-            raise ValueError(f"autoguidance_scale must be at least 1 (1 turns autoguidance off), got {w}.")
-        if w is not None and w != 1.0:
+        w = options.pop("autoguidance_scale", cfg.autoguidance_scale)
+        if w != 1.0:
             if self.guide is None or not self.guide.ready:
-                raise ValueError("Autoguidance needs the run's guide model, and this run has none "
-                                 + ("(it was trained without --guide-fraction)." if self.guide is None else
-                                    f"yet (it is taken after {cfg.guide_fraction:.0%} of the run).")
-                                 + " Sample with autoguidance_scale 1 (--autoguidance-scale 1).")
+                why = "it was trained without --guide-fraction" if self.guide is None else "none yet"
+                raise ValueError(f"Autoguidance needs the run's guide model ({why}): use --autoguidance-scale 1.")
             opts.update(guide=self.guide.model, autoguidance_scale=w)
-        opts.update(kwargs)
+        opts.update(options)
         return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
 
-    def seconds_per_step(self, steps: int = 5) -> float:
-        """Measured wall time of one train step after compilation (the state is restored afterwards)."""
-        saved = jax.tree.map(jnp.copy, nnx.state((self.model, self.optimizer, self.ema)))
-        start = self.step
-        jax.block_until_ready(self.run_chunk(start, 1))  # compile
-        t0 = time.perf_counter()
-        metrics = jax.block_until_ready(self.run_chunk(start + 1, steps))
-        dt = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)  # a short run may stop before `steps`
-        nnx.update((self.model, self.optimizer, self.ema), saved)
-        return dt
 
-    def _record(self, step, epoch, loss, lr, ips):
-        h = self.history
-        h["step"].append(step)
-        h["epoch"].append(epoch)
-        h["loss"].append(loss)
-        h["lr"].append(lr)
-        h["images_per_s"].append(ips)
+def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: float) -> None:
+    """Append a chunk's losses to the history; stop at a non-finite one; print finished epochs."""
+    if not np.all(np.isfinite(losses)):
+        bad = start + int(np.argmin(np.isfinite(losses)))
+        raise NonFiniteLossError(
+            f"The loss became {losses[bad - start]} at step {bad}. The run stopped; the last good checkpoint "
+            f"is kept. Try a lower --learning-rate, keep --grad-clip on, or use --loss huber.")
+    steps = np.arange(start, start + len(losses))
+    h = trainer.history
+    h["step"] += steps.tolist()
+    h["epoch"] += (steps // trainer.steps_per_epoch).tolist()
+    h["loss"] += losses.astype(float).tolist()
+    h["lr"] += np.asarray(trainer.lr_schedule(steps), float).tolist()  # optax uses lr(s) at step s
+    h["images_per_s"] += [len(losses) * trainer.cfg.batch_size / seconds] * len(losses)
+    for s in steps[(steps + 1) % trainer.steps_per_epoch == 0]:  # epochs that ended in this chunk
+        end = len(h["loss"]) - int(steps[-1] - s)
+        tqdm.write(f"epoch {s // trainer.steps_per_epoch + 1}: avg loss "
+                   f"{np.mean(h['loss'][max(0, end - trainer.steps_per_epoch):end]):.4f}")
+
+
+def seconds_per_step(trainer: Trainer, steps: int = 5) -> float:
+    """Wall time of one compiled step of `trainer` on this machine; its state is restored afterwards."""
+    saved = jax.tree.map(jnp.copy, nnx.state(trainer.modules()))
+    jax.block_until_ready(trainer.run_chunk(trainer.step, 1))  # compile
+    t0 = time.perf_counter()
+    metrics = jax.block_until_ready(trainer.run_chunk(trainer.step, steps))
+    seconds = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)
+    nnx.update(trainer.modules(), saved)
+    return seconds

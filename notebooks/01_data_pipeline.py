@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 01 · The data pipeline: MNIST from disk to device
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 7 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 7 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model learns to turn noise into images, so before any model we need images: the
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import helpers  # noqa: F401  (sets the GPU-memory environment variables before TF/JAX allocate)
-from helpers import data, tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.plotting import plot_samples
 
 PRESET = tutorial.setup("01_data_pipeline")

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 02 · The forward process and noise schedules
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 26 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 26 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model is trained on one simple task: given a digit that has been buried in a known
@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-from helpers import data, tutorial
-from helpers.plotting import plot_forward_strip
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.schedules import NoiseSchedule
 
 PRESET = tutorial.setup("02_forward_process_and_schedules")
@@ -94,6 +94,22 @@ tutorial.show(fig, "alpha_bar_and_snr")
 # schedule.
 
 # %%
+def plot_forward_strip(x0, schedule, timesteps, key, title: str | None = None):
+    """One image noised to each timestep in `timesteps` with q(x_t | x_0) (the same noise for all t)."""
+    x0 = jnp.asarray(x0)[None] if jnp.ndim(x0) == 3 else jnp.asarray(x0[:1])
+    noise = jax.random.normal(key, x0.shape)
+    ts = jnp.asarray(timesteps)
+    xt = jax.vmap(lambda t: schedule.q_sample(x0, t[None], noise)[0])(ts)
+    fig, axes = plt.subplots(1, len(timesteps), figsize=(1.3 * len(timesteps), 1.7))
+    for ax, img, t in zip(np.atleast_1d(axes), np.asarray(xt), timesteps):
+        ax.imshow(data.from_model_range(img)[..., 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"t={int(t)}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title or f"forward process, {schedule.kind} schedule", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 images, _ = data.load_split("mnist", "test", limit=16)
 x0 = data.to_model_range(jnp.asarray(images[:1]))
 timesteps = [0, 50, 100, 200, 300, 400, 500, 650, 800, 999]

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 03 · The UNet, piece by piece
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 20 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 20 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The network's job is to look at a noisy image $x_t$ and the timestep $t$ and predict the noise
@@ -27,9 +27,10 @@ import numpy as np
 from flax import nnx
 
 import helpers  # noqa: F401
-from helpers import tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
 from helpers.config import PRESETS, get_config
-from helpers.unet import ResBlock, SelfAttention, UNetConfig, count_params, create_unet, shape_trace, sinusoidal_embedding
+from helpers.unet import (ResBlock, SelfAttention, UNetConfig, count_params, create_unet, sinusoidal_embedding,
+                          space_to_depth)
 
 PRESET = tutorial.setup("03_unet")
 
@@ -64,9 +65,7 @@ tutorial.show(fig, "time_embedding")
 # embedding to every pixel (this is how $t$ reaches every layer), then GroupNorm -> activation ->
 # dropout -> 3x3 conv, and finally adds its input back (a 1x1 conv matches the channels when they
 # change). The residual path lets the block start near the identity, which keeps deep networks
-# trainable. (Our `GroupNorm` is Flax's `nnx.GroupNorm`, same parameters, computed from
-# per-channel sums so that its gradient takes fewer passes over memory: on a CPU that halves its
-# cost; the Performance page of the docs has the figures.)
+# trainable. The normalisation is Flax's own `nnx.GroupNorm`.
 
 # %%
 cfg = UNetConfig(hidden_dims=(64, 128, 256), num_res_blocks=2, attention_resolutions=(8,))
@@ -98,6 +97,41 @@ print("SelfAttention at 8x8:", h.shape, "->", attn(h).shape, f"({count_params(at
 # of two through the reference tutorial's model (the `paper` preset).
 
 # %%
+def shape_trace(abstract_model, batch_size=2):
+    """(layer, output shape) along one forward pass, in the order of `UNet.__call__`; shapes only."""
+    graphdef, state = nnx.split(abstract_model)
+    rows = []
+
+    def forward(state, x, t):
+        model = nnx.merge(graphdef, state)
+        emb = model.embed(t, None, batch_size)
+        h = model.conv_in(space_to_depth(x, model.cfg.patch_size))
+        rows.append(("conv_in", h.shape))
+        skips = [h]
+        for layer in model.down:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            rows.append((f"down {'Conv, stride 2' if isinstance(layer, nnx.Conv) else type(layer).__name__}", h.shape))
+            if isinstance(layer, SelfAttention):
+                skips[-1] = h  # attention refines the block output that becomes the skip
+            else:
+                skips.append(h)
+        h = model.mid2(model.mid_attn(model.mid1(h, emb)) if model.mid_attn else model.mid1(h, emb), emb)
+        rows.append(("middle (ResBlock, attention, ResBlock)", h.shape))
+        for layer in model.up:
+            if isinstance(layer, ResBlock):
+                skip = skips.pop()
+                h = layer(jnp.concatenate([h, skip], axis=-1), emb)
+                rows.append((f"up ResBlock (+ skip with {skip.shape[-1]} channels)", h.shape))
+            else:
+                h = layer(h)
+                rows.append((f"up {type(layer).__name__}", h.shape))
+        rows.append(("output", model(x, t).shape))
+
+    x = jax.ShapeDtypeStruct((batch_size, 32, 32, 1), jnp.float32)
+    jax.eval_shape(forward, state, x, jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+    return rows
+
+
 # nnx.eval_shape builds the model abstractly (shapes, no weights): instant even for 15M parameters.
 paper = nnx.eval_shape(lambda: create_unet(PRESETS["paper"].model, seed=0))
 for name, shape in shape_trace(paper):

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 24 min 01 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 24 min 01 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial, step
@@ -33,12 +33,13 @@ import numpy as np
 from flax import nnx
 
 import helpers  # noqa: F401  (sets TF/JAX GPU-memory variables first)
-from helpers import data, tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.config import PRESETS, get_config
 from helpers.losses import per_example_loss
-from helpers.plotting import plot_lr_schedule, plot_samples, plot_training_curve
+from helpers.plotting import plot_samples, plot_training_curve
 from helpers.schedules import NoiseSchedule
-from helpers.training import EMA, ema_decay_at, make_jit_train_step, make_lr_schedule, make_optimizer
+from helpers.training import EMA, compiled_train_step, ema_decay_at, make_lr_schedule, make_optimizer
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("04_train_ddpm")
@@ -54,7 +55,7 @@ PRESET = tutorial.setup("04_train_ddpm")
 
 # %%
 cfg = get_config(PRESET)
-print(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "model"}, indent=None))
+print(json.dumps({k: v for k, v in json.loads(cfg.to_json()).items() if k != "model"}, indent=None))
 print("model:", cfg.model)
 
 # %% [markdown]
@@ -62,7 +63,7 @@ print("model:", cfg.model)
 # "The cpu preset"):
 
 # %%
-paper, cpu = PRESETS["paper"].to_dict(), PRESETS["cpu"].to_dict()
+paper, cpu = json.loads(PRESETS["paper"].to_json()), json.loads(PRESETS["cpu"].to_json())
 for k in paper:
     if k == "model":
         for mk in paper["model"]:
@@ -91,7 +92,8 @@ if cfg.fit_steps_to_time:
 # The UNet of notebook 03, built from the preset's `UNetConfig`.
 
 # %%
-model = create_unet(cfg.model, seed=cfg.seed, verbose=True)
+model = create_unet(cfg.model, seed=cfg.seed)
+print(f"UNet {cfg.model.channels}: {count_params(model):,} parameters")
 
 # %% [markdown]
 # ## 4. Learning rate: warmup, then cosine decay
@@ -103,6 +105,19 @@ model = create_unet(cfg.model, seed=cfg.seed, verbose=True)
 # 1000 steps" while its code uses 500; we use 500.)
 
 # %%
+def plot_lr_schedule(lr_schedule, total_steps: int, title: str = "Learning rate: warmup + cosine decay"):
+    """The learning rate at every step of a run."""
+    steps = np.arange(total_steps)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(steps, np.asarray(lr_schedule(steps)), color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 total_steps = cfg.total_steps(len(images))
 lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.end_lr_fraction)
 fig = plot_lr_schedule(lr_schedule, total_steps, title=f"{PRESET}: warmup {cfg.warmup_steps} steps, "
@@ -185,24 +200,27 @@ ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
 # %% [markdown]
 # ## 8. The train step, compiled
 #
-# One step of DDPM training (Ho et al. 2020, algorithm 1): gather a batch, draw $t \sim U\{0..T-1\}$
-# and $\varepsilon \sim \mathcal N(0, I)$, make $x_t$ with `q_sample`, predict, take the loss, one
-# AdamW update, one EMA update. `helpers.training.train_step` is written the NNX way (the model,
-# optimiser and EMA are updated in place); `nnx.jit` compiles it. The first call compiles (seconds),
-# later calls only run.
+# One step of DDPM training (Ho et al. 2020, algorithm 1): draw $t \sim U\{0..T-1\}$ and
+# $\varepsilon \sim \mathcal N(0, I)$, make $x_t$ with `q_sample`, predict, take the weighted loss,
+# one AdamW update, one EMA update. `helpers.training.train_step` is written the NNX way (the model,
+# optimiser and EMA are updated in place). `compiled_train_step` compiles it once with `jax.jit`
+# over the modules' pure state (`nnx.split` / `nnx.merge` around the step): `nnx.jit` would walk
+# the whole module graph in Python on every call. The first call compiles (seconds), later calls
+# only run. `data.get_batch` gathers each batch on the device from the epoch's order.
 
 # %%
 schedule = NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-step_fn = make_jit_train_step(schedule, cfg)
 images_d = jax.device_put(images)
 order = data.epoch_order(jax.random.key(0), 0, len(images), cfg.batch_size)
+graphdef, state = nnx.split((model, optimizer, ema))
 for s in range(3):
-    idx, mask = data.batch_slice(order, s, len(images), cfg.batch_size)
+    x0, _, mask = data.get_batch(images_d, None, order, s, cfg.batch_size)
     t0 = time.perf_counter()
-    metrics = step_fn(model, optimizer, ema, images_d, None, idx, mask, jax.random.key(s))
+    state, metrics = compiled_train_step(graphdef, state, schedule, x0, None, mask, jax.random.key(s), cfg=cfg)
     loss = float(metrics["loss"])
     print(f"step {s}: loss {loss:.4f}, grad norm {float(metrics['grad_norm']):.3f}, "
           f"{time.perf_counter() - t0:.2f} s{' (includes compilation)' if s == 0 else ''}")
+nnx.update((model, optimizer, ema), state)
 
 # %% [markdown]
 # ## 9. The training loop
@@ -309,5 +327,5 @@ tutorial.show(fig, "samples")
 # Lower the learning rate and keep gradient clipping on.
 #
 # **Slow training.** Check `jax.devices()` (is the GPU used?), keep `log_every` at 25 or more
-# (each chunk costs one host round trip), and run `python scripts/benchmark.py` to compare your
+# (each chunk costs one host round trip), and run `python benchmarks/benchmark.py` to compare your
 # images/s with the README's figures.

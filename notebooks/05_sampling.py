@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-28; the notebook took 9 min 15 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-28; the notebook took 9 min 15 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict noise. Sampling runs the process backwards: start from
@@ -27,14 +27,15 @@
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-from helpers import tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
 from helpers.metrics import get_evaluator
-from helpers.plotting import plot_image_rows, plot_trajectory, save_trajectory_gif
-from helpers.sampling import ddim_pairs, sample, slerp
+from helpers.plotting import plot_trajectory, save_trajectory_gif
+from helpers.sampling import ddim_pairs, sample
 
 PRESET = tutorial.setup("05_sampling")
 cfg, trainer, summary = tutorial.trained_run(PRESET)
@@ -85,7 +86,7 @@ for name, steps, dt in timings:
 
 # %%
 ncols = 10
-fig = plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, steps)] for sampler, steps in settings}, ncols)
+fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, steps)] for sampler, steps in settings}, ncols)
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
@@ -101,7 +102,7 @@ tutorial.show(fig, "steps_vs_quality")
 # %%
 etas = (0.0, 0.25, 0.5, 0.75, 1.0)
 steps = min(50, T)
-fig = plot_image_rows({f"DDIM-{steps}, eta = {eta}": sample(ema_model, schedule, key, ncols, sampler="ddim", steps=steps,
+fig = tutorial.plot_image_rows({f"DDIM-{steps}, eta = {eta}": sample(ema_model, schedule, key, ncols, sampler="ddim", steps=steps,
                                                              eta=eta, prediction=cfg.prediction) for eta in etas})
 tutorial.show(fig, "eta_sweep")
 
@@ -195,7 +196,7 @@ else:  # e.g. the paper preset, trained without guide_fraction: every w below th
     guide = None
     print("this run kept no guide model (train with guide_fraction set): autoguidance is off below")
 ws = (1.0, 1.5, 2.0, 3.0)
-fig = plot_image_rows({f"w = {w:g}" + (" (no guidance)" if w == 1 else ""):
+fig = tutorial.plot_image_rows({f"w = {w:g}" + (" (no guidance)" if w == 1 else ""):
                        sample(ema_model, schedule, key, ncols, steps=cfg.sample_steps, eta=cfg.eta,
                               prediction=cfg.prediction, guide=guide, autoguidance_scale=w) for w in ws})
 tutorial.show(fig, "autoguidance_rows")
@@ -253,7 +254,7 @@ tutorial.show(fig, "autoguidance_scores")
 # %%
 x_ema = sample(ema_model, schedule, key, 20, steps=steps, prediction=cfg.prediction)
 x_raw = sample(raw_model, schedule, key, 20, steps=steps, prediction=cfg.prediction)
-fig = plot_image_rows({"EMA weights": x_ema, "raw (last step's) weights": x_raw})
+fig = tutorial.plot_image_rows({"EMA weights": x_ema, "raw (last step's) weights": x_raw})
 tutorial.show(fig, "ema_vs_raw")
 
 # %% [markdown]
@@ -297,6 +298,20 @@ tutorial.show_gif(gif, alt="reverse process animation")
 # midpoint has about 71% of the norm), which the model has never seen at $t = T$.
 
 # %%
+# Spherical linear interpolation (Shoemake 1985).
+def slerp(z0: jax.Array, z1: jax.Array, alphas) -> jax.Array:
+    """One noise tensor per alpha on the great circle from z0 to z1.
+
+    Gaussian noise in many dimensions lies near a sphere of radius sqrt(dim); a straight line
+    between two draws dips inside it and looks like too little noise to the model.
+    """
+    a, b = z0.reshape(-1), z1.reshape(-1)
+    omega = jnp.arccos(jnp.clip(jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)), -1.0, 1.0))
+    alphas = jnp.asarray(alphas, jnp.float32)[:, None]
+    out = (jnp.sin((1 - alphas) * omega) * a + jnp.sin(alphas * omega) * b) / jnp.sin(omega)
+    return out.reshape((-1, *z0.shape))
+
+
 shape = (32, 32, 1)
 z = jax.random.normal(jax.random.key(11), (2, *shape))
 alphas = np.linspace(0, 1, 10)
@@ -306,7 +321,7 @@ print("norm along slerp:", np.round(np.linalg.norm(np.asarray(z_path).reshape(10
 print("norm along a straight line:", np.round(np.linalg.norm(np.asarray(z_lerp).reshape(10, -1), axis=1), 1))
 x_s = sample(ema_model, schedule, key, 10, steps=steps, prediction=cfg.prediction, x_T=z_path)
 x_l = sample(ema_model, schedule, key, 10, steps=steps, prediction=cfg.prediction, x_T=z_lerp)
-fig = plot_image_rows({"slerp": x_s, "straight line": x_l})
+fig = tutorial.plot_image_rows({"slerp": x_s, "straight line": x_l})
 tutorial.show(fig, "interpolation")
 
 # %% [markdown]

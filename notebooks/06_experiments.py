@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 23 min 26 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 23 min 26 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
@@ -33,12 +33,13 @@ import numpy as np
 from flax import nnx
 
 import helpers  # noqa: F401
-from helpers import data, tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.config import get_config
-from helpers.losses import denoising_error
+from helpers.losses import sample_timesteps, to_x0_and_eps
 from helpers.metrics import get_evaluator
-from helpers.plotting import plot_image_rows
-from helpers.training import Trainer
+
+from helpers.training import Trainer, seconds_per_step
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("06_experiments")
@@ -88,7 +89,7 @@ images, _ = data.load_split("mnist", "train", limit=base.train_limit)
 
 def step_seconds(cfg):
     """Measured seconds of one compiled train step of `cfg` on this machine."""
-    return Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images).seconds_per_step(steps=10)
+    return seconds_per_step(Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images), steps=10)
 
 
 configs, seconds = {}, {}
@@ -122,6 +123,27 @@ for name, cfg in configs.items():
 # the preset's $\eta = 1$ (`samples.npy` in the run folder); we score those.
 
 # %%
+def denoising_error(model, schedule, prediction, x0, key, batch_size=500):
+    """Held-out noise-prediction MSE, E ||eps_hat(x_t, t) - eps||^2 over uniform t, for any target.
+
+    Training losses are not comparable across targets, losses or weightings; this is, because every
+    output is first turned into eps_hat with `to_x0_and_eps`.
+    """
+
+    @nnx.jit
+    def batch_error(model, x0, key):
+        t_key, n_key = jax.random.split(key)
+        t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)
+        noise = jax.random.normal(n_key, x0.shape, x0.dtype)
+        x_t = schedule.q_sample(x0, t, noise)
+        _, eps_hat = to_x0_and_eps(prediction, model(x_t, t), x_t, schedule, t)
+        return jnp.sum(jnp.mean(jnp.square(eps_hat - noise), axis=(1, 2, 3)))
+
+    total = sum(float(batch_error(model, jnp.asarray(x0[i:i + batch_size]), jax.random.fold_in(key, i)))
+                for i in range(0, len(x0), batch_size))
+    return total / len(x0)
+
+
 evaluator = get_evaluator(quick=TINY)
 test_images, _ = data.load_split("mnist", "test", limit=1000 if not TINY else 200)
 x0_test = data.to_model_range(jnp.asarray(test_images))
@@ -153,7 +175,7 @@ print(f"\nreal test digits for reference: FD {evaluator.evaluate(np.asarray(x0_t
       f"at N = {NUM_SAMPLES} (the FD of a finite sample is never 0)")
 
 # %%
-fig = plot_image_rows(grids, ncols=20, size=0.45)
+fig = tutorial.plot_image_rows(grids, ncols=20, size=0.45)
 tutorial.show(fig, "variants_side_by_side")
 
 # %% [markdown]

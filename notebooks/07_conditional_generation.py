@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 07 · Conditional generation with classifier-free guidance
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 19 min 01 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 19 min 01 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # So far the model draws *some* digit. To ask for a 7, we give the UNet the label as a second
@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import helpers  # noqa: F401
-from helpers import tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
 from helpers.config import get_config
 from helpers.metrics import get_evaluator
-from helpers.plotting import plot_image_rows, plot_samples
+from helpers.plotting import plot_samples
 from helpers.sampling import sample
 
 PRESET = tutorial.setup("07_conditional_generation")
@@ -99,7 +99,7 @@ for w in scales:
     q = evaluator.evaluate(np.asarray(xw))
     rows.append((w, agree, q["confident_share"], q["frechet_distance"]))
     grids[f"w = {w}: {agree:.0%} classified as the requested digit"] = xw[:10]
-fig = plot_image_rows(grids, ncols=10, size=0.6)
+fig = tutorial.plot_image_rows(grids, ncols=10, size=0.6)
 tutorial.show(fig, "guidance_sweep")
 
 print(f"{'w':>4s} {'label match':>11s} {'conf > 0.9':>10s} {'FD':>8s}")

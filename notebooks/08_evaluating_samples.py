@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Evaluating samples without downloading anything
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 1 min 04 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 1 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -36,7 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-from helpers import data, tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.config import get_config
 from helpers.metrics import format_table, get_evaluator, nearest_neighbours
 from helpers.plotting import plot_samples
@@ -133,7 +134,7 @@ print(f"{'source':20s} {'N':>5s} " + " ".join(f"{c[0]:>9s}" for c in cols))
 for name, s in scores.items():
     print(f"{name:20s} {s['n']:5d} " + " ".join(f"{c[2].format(s[c[1]]):>9s}" for c in cols))
 print(f"\nnearest-training-neighbour distance of real test digits (what 'new digits' score): "
-      f"{evaluator.nn_baseline():.2f}")
+      f"{evaluator.nn_baseline:.2f}")
 
 # %% [markdown]
 # How to read it, row by row:

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 09 · The same pipeline on Fashion-MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 10 min 46 s (`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 10 min 46 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Fashion-MNIST (Xiao et al. 2017) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
@@ -27,7 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-from helpers import data, tutorial
+import tutorial  # notebooks/tutorial.py: what the notebooks share
+from helpers import data
 from helpers.config import get_config
 from helpers.plotting import plot_samples, plot_training_curve
 
@@ -40,7 +41,7 @@ TINY = PRESET == "tiny"
 # %%
 images, labels = data.load_split("fashion_mnist", "train", limit=2000 if TINY else None)
 mnist, _ = data.load_split("mnist", "train", limit=len(images))
-names = data.CLASS_NAMES["fashion_mnist"]
+names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 print(f"{len(images):,} images; classes: {', '.join(names)}")
 per_class = np.stack([images[labels == c][:8] for c in range(10)])  # 8 examples of each class
 fig = plot_samples(data.to_model_range(jnp.asarray(per_class.reshape(-1, 28, 28, 1))), ncols=8,

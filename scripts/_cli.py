@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the scripts: flags from the Config fields, friendly errors."""
+"""Command-line plumbing the scripts share: one --flag per Config field, and errors without tracebacks."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ import typing
 from helpers.config import Config
 from helpers.unet import UNetConfig
 
-SKIP = {"model", "preset", "dataset", "seed"}
+SKIP = {"model", "preset", "dataset", "seed"}  # the scripts give these their own flags
 
 
-def _parser_for(annotation):
+def _converter(annotation):
     """A string -> value converter for a dataclass field's type (tuples as '16,32,64', 'none')."""
     text = str(annotation)
-    optional = "None" in text
 
     def convert(s: str):
-        if optional and s.lower() in ("none", "null", ""):
+        if "None" in text and s.lower() in ("none", "null", ""):
             return None
         if "tuple" in text:
-            return tuple(int(v) for v in s.split(",") if v.strip()) if s.strip() else ()
-        if "float" in text:
-            return float(s)
-        if "int" in text:
-            return int(s)
-        return s
+            return tuple(int(v) for v in s.split(",") if v.strip())
+        return float(s) if "float" in text else int(s) if "int" in text else s
 
+    convert.__name__ = text  # argparse names the type in "invalid ... value" errors
     return convert
 
 
@@ -44,15 +40,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if hints[f.name] is bool:
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
             else:
-                group.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name]), default=None,
+                group.add_argument(flag, dest=f.name, type=_converter(hints[f.name]), default=None,
                                    metavar=f.name.upper())
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
+    """The Config fields given on the command line."""
     names = {f.name for cls in (Config, UNetConfig) for f in dataclasses.fields(cls)} - SKIP
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:
+    """Print `error: message` to stderr and exit with `code` (2: bad input, as argparse does)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -14,11 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import helpers  # noqa: E402,F401
-from _cli import fail  # noqa: E402
+import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
+from _cli import fail
 
 
 def load_samples(path: Path):
@@ -26,7 +23,10 @@ def load_samples(path: Path):
     uint8 inputs (0..255) are rescaled."""
     import numpy as np
 
-    x = np.load(path)
+    try:
+        x = np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path} cannot be read as a .npy array of samples ({err}).") from err
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 127.5 - 1.0
     x = np.asarray(x, np.float32)
@@ -63,9 +63,14 @@ def main(argv=None) -> int:
         figures = evaluate_samples(x, out_dir=out_dir, data_dir=args.data_dir, manual_dir=args.manual_dir)
     except (ValueError, DataNotFoundError) as err:
         fail(str(err))
+    except OSError as err:
+        fail(f"cannot write {err.filename}: {err.strerror}. Choose another --out.")
     print(json.dumps(figures))
     return 0
 
 
 if __name__ == "__main__":
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
     sys.exit(main())

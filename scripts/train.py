@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import helpers  # noqa: E402,F401  (sets the GPU-memory variables before TensorFlow / JAX load)
-from _cli import add_config_flags, fail, overrides_from  # noqa: E402
-from helpers.environment import restart_with_huge_pages  # noqa: E402
+import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
+from _cli import add_config_flags, fail, overrides_from
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="paper | cpu | tiny (default: paper on an accelerator, cpu otherwise)")
     p.add_argument("--dataset", help="mnist | fashion_mnist (default: mnist)")
@@ -35,8 +30,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the sample-quality figures at the end")
     add_config_flags(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from helpers.checkpoints import CheckpointError
     from helpers.config import get_config
     from helpers.data import DataNotFoundError
@@ -46,9 +44,7 @@ def main(argv=None) -> int:
     if args.resume and not args.out:
         fail("--resume needs --out, the run folder to continue.")
     overrides = overrides_from(args)
-    for name in ("dataset", "seed"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides.update({k: getattr(args, k) for k in ("dataset", "seed") if getattr(args, k) is not None})
     try:
         cfg = None if args.resume else get_config(args.preset, **overrides)
         if args.resume and (overrides or args.preset):
@@ -56,9 +52,7 @@ def main(argv=None) -> int:
         out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         train_run(cfg, out, data_dir=args.data_dir, manual_dir=args.manual_dir, resume=args.resume,
                   progress=not args.no_progress, evaluate=not args.no_evaluate)
-    except (ValueError, TypeError) as err:
-        fail(str(err))
-    except (DataNotFoundError, RunExistsError, CheckpointError, FileNotFoundError) as err:
+    except (ValueError, TypeError, DataNotFoundError, RunExistsError, CheckpointError) as err:
         fail(str(err))
     except NonFiniteLossError as err:
         fail(str(err), code=3)
@@ -68,5 +62,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # glibc reads $GLIBC_TUNABLES only at start-up (helpers.environment)
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
     sys.exit(main())

@@ -54,16 +54,15 @@ def test_every_notebook_has_a_page_with_its_figures(site):
 
 
 def test_api_reference_lists_every_public_function(site):
+    import importlib
     import inspect
+    import pkgutil
 
-    import helpers.checkpoints, helpers.config, helpers.data, helpers.losses, helpers.metrics  # noqa: E401
-    import helpers.plotting, helpers.runs, helpers.sampling, helpers.schedules, helpers.training  # noqa: E401
-    import helpers.tutorial, helpers.unet  # noqa: E401
+    import helpers
 
     html = (site / "api" / "index.html").read_text()
-    for module in (helpers.checkpoints, helpers.config, helpers.data, helpers.losses, helpers.metrics,
-                   helpers.plotting, helpers.runs, helpers.sampling, helpers.schedules, helpers.training,
-                   helpers.tutorial, helpers.unet):
+    for info in pkgutil.iter_modules(helpers.__path__):  # every module of the package
+        module = importlib.import_module(f"helpers.{info.name}")
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue

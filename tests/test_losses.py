@@ -55,7 +55,7 @@ def test_min_snr_weights():
 def test_masked_mean_ignores_padding():
     vals = jnp.array([1.0, 2.0, 3.0, 100.0])
     assert float(masked_mean(vals, jnp.array([1.0, 1.0, 1.0, 0.0]))) == pytest.approx(2.0)
-    assert float(masked_mean(vals, None)) == pytest.approx(26.5)
+    assert float(masked_mean(vals, jnp.ones(4))) == pytest.approx(26.5)
 
 
 def test_uniform_timesteps_cover_range():

@@ -10,6 +10,8 @@ import pytest
 
 from helpers.metrics import frechet_distance, precision_recall
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # tools/export_classifier.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,7 +52,9 @@ def test_the_shipped_classifier_is_the_one_used_and_reaches_99_percent(evaluator
     """Every figure of the project is computed with the shipped weights (helpers/assets/)."""
     from flax import nnx
 
-    from helpers.metrics import SHIPPED_CLASSIFIER, classifier_accuracy, load_classifier_weights
+    from export_classifier import classifier_accuracy
+
+    from helpers.metrics import SHIPPED_CLASSIFIER, load_classifier_weights
 
     assert SHIPPED_CLASSIFIER.is_file()
     shipped = load_classifier_weights(SHIPPED_CLASSIFIER)
@@ -69,10 +73,10 @@ def jax_leaves(tree):
 def test_the_classifier_training_code_learns(tfds_dir, mnist_archives, mnist_test):
     """What made the shipped weights (3 epochs on all 60,000 digits), run briefly: 1 epoch on 10,000."""
     from helpers.data import load_split
-    from helpers.metrics import _train_classifier, classifier_accuracy
+    from export_classifier import classifier_accuracy, train_classifier
 
     images, labels = load_split("mnist", "train", data_dir=tfds_dir, manual_dir=mnist_archives, limit=10_000)
-    model = _train_classifier(images, labels, epochs=1)
+    model = train_classifier(images, labels, epochs=1)
     test_x, test_y = mnist_test
     assert classifier_accuracy(model, test_x[:2000], test_y[:2000]) >= 0.9  # 92.8% here; chance is 10%
 

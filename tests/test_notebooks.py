@@ -59,9 +59,10 @@ def test_committed_notebooks_carry_real_outputs():
         assert all(c.get("execution_count") for c in code), f"{p.stem}: not every code cell was executed"
 
 
-@pytest.mark.parametrize("notebook", EXPECTED)
+@pytest.mark.parametrize("notebook", ["02_forward_process_and_schedules"])
 def test_notebook_runs_as_a_plain_script(notebook, tmp_path):
-    """`python notebooks/NN_name.py` at tiny settings: no display needed, figures saved as files."""
+    """`python notebooks/NN_name.py` at tiny settings: no display needed, figures saved as files.
+    (nbmake executes every notebook's code; this checks the plain-script path on one of them.)"""
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     env.update(TUTORIAL_PRESET="tiny", DISPLAY="")
     r = subprocess.run([sys.executable, str(REPO / "notebooks" / f"{notebook}.py")], cwd=tmp_path, env=env,

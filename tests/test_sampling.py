@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers.sampling import DDIMSampler, DDPMSampler, ddim_pairs, ddpm_pairs, make_sampler, sample
+from helpers.sampling import DDIMSampler, ddim_pairs, make_sampler, sample
 from helpers.schedules import NoiseSchedule
 from helpers.unet import UNetConfig, create_unet
 
@@ -17,7 +17,7 @@ def test_pairs_are_explicit_and_end_at_clean_image():
     assert p[0, 0] == 999 and p[-1, 0] == 0 and p[-1, 1] == -1
     np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])  # each step starts where the last one ended
     assert np.all(np.diff(p[:, 0]) < 0)
-    np.testing.assert_array_equal(ddpm_pairs(5), [[4, 3], [3, 2], [2, 1], [1, 0], [0, -1]])
+    np.testing.assert_array_equal(ddim_pairs(5, 5), [[4, 3], [3, 2], [2, 1], [1, 0], [0, -1]])  # DDPM's
     # uneven spacing is handled with explicit pairs, not t - T // N
     p7 = ddim_pairs(100, 7)
     assert p7[0, 0] == 99 and p7[-1, 1] == -1 and len(np.unique(p7[:, 0])) == 7
@@ -27,19 +27,22 @@ def test_pairs_are_explicit_and_end_at_clean_image():
 
 @pytest.mark.parametrize("kind", ["cosine", "linear"])
 def test_ddim_eta_one_matches_ddpm_posterior(kind):
+    """DDIM with eta = 1 over every step is DDPM's ancestral step (Ho et al. 2020, eqs. 6-7)."""
     s = NoiseSchedule.create(kind, 1000)
-    ddim, ddpm = DDIMSampler(s, steps=1000, eta=1.0), DDPMSampler(s)
+    ddim = make_sampler(s, "ddpm")
+    assert ddim.steps == 1000 and ddim.eta == 1.0
     k = jax.random.split(jax.random.key(0), 3)
     x_t = jax.random.normal(k[0], (3, 4, 4, 1))
     x0 = jnp.clip(jax.random.normal(k[1], x_t.shape), -1, 1)
     for t in (999, 700, 300, 1):
-        # sigma_t(eta=1)^2 equals the DDPM posterior variance beta_tilde_t
-        assert float(ddim.sigma(t, t - 1) ** 2) == pytest.approx(float(s.posterior_variance(t)), rel=1e-3)  # float32
-        ab = s.alpha_bar_at(t)
+        ab, ab_prev, beta = s.alpha_bar_at(t), s.alpha_bar_at(t - 1), s.betas[t]
+        posterior_variance = (1 - ab_prev) / (1 - ab) * beta  # beta_tilde_t, eq. 7
+        assert float(ddim.sigma(t, t - 1) ** 2) == pytest.approx(float(posterior_variance), rel=1e-3)  # float32
+        beta = 1 - ab / ab_prev  # betas[t] up to float32 rounding, which 1 / (1 - ab) amplifies near t = 0
+        posterior_mean = jnp.sqrt(ab_prev) * beta / (1 - ab) * x0 + jnp.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab) * x_t
         eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
-        zero = jnp.zeros_like(x_t)  # compare the means
-        np.testing.assert_allclose(ddim.step(x_t, x0, eps, t, t - 1, zero),
-                                   ddpm.step(x_t, x0, eps, t, t - 1, zero), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ddim.step(x_t, x0, eps, t, t - 1, jnp.zeros_like(x_t)), posterior_mean,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_last_step_adds_no_noise():
@@ -47,7 +50,7 @@ def test_last_step_adds_no_noise():
     x = jnp.ones((1, 2, 2, 1))
     noise = jnp.full_like(x, 5.0)
     assert float(DDIMSampler(s, 100, 1.0).sigma(0, -1)) == 0.0
-    np.testing.assert_allclose(DDPMSampler(s).step(x, 0.3 * x, x, 0, -1, noise), 0.3 * x, atol=1e-6)
+    np.testing.assert_allclose(make_sampler(s, "ddpm").step(x, 0.3 * x, x, 0, -1, noise), 0.3 * x, atol=1e-6)
 
 
 def test_ddim_eta_zero_deterministic_and_eta_one_not():

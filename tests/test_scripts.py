@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "benchmarks")]  # the scripts, imported to call main()
 
 
 def _env(tfds_dir):
@@ -68,6 +68,52 @@ def test_sample_script_reads_the_run(tiny_run, tmp_path):
                           "--autoguidance-scale", "0.5", "--out", str(tmp_path / "a")],
                          capture_output=True, text=True, timeout=300, env=_env(out), check=False)
     assert off.returncode == 2 and "1 turns autoguidance off" in off.stderr, off.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "sample steps must be in 1..100"),
+    (["--steps", "101"], "sample steps must be in 1..100"),
+    (["--n", "0"], "num_samples must be positive"),
+    (["--eta", "-0.1"], "eta must be in [0, 1]"),
+    (["--autoguidance-scale", "0.5"], "1 turns autoguidance off"),
+])
+def test_sample_script_checks_every_numeric_flag(tiny_run, tmp_path, flags, message, capsys):
+    import sample
+
+    out, _ = tiny_run
+    with pytest.raises(SystemExit) as e:
+        sample.main([str(out), *flags, "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err, (flags, err)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_file_errors_name_the_file(tiny_run, tmp_path, capsys):
+    import evaluate
+    import sample
+
+    out, _ = tiny_run
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        sample.main([str(broken), "--n", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(broken / "config.json") in err and "Traceback" not in err
+    bad_npy = tmp_path / "bad.npy"
+    bad_npy.write_bytes(b"not an array")
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(bad_npy)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and str(bad_npy) in err and "Traceback" not in err
+
+
+def test_out_under_an_existing_file_is_a_clear_error(tmp_path, tfds_dir, mnist_archives):
+    (tmp_path / "a_file").write_text("x")
+    r = _train(["--preset", "tiny", "--out", str(tmp_path / "a_file" / "run")], tfds_dir, mnist_archives)
+    assert r.returncode == 2 and "Cannot create the run folder" in r.stderr and "Traceback" not in r.stderr
+    r = _train(["--preset", "tiny", "--out", str(tmp_path / "a_file")], tfds_dir, mnist_archives)
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_existing_run_folder_is_refused(tiny_run, tfds_dir, mnist_archives):
@@ -141,7 +187,8 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
     (["--batch-size", "-3"], "batch_size must be positive"),
     (["--learning-rate", "0"], "learning_rate must be positive"),
     (["--max-steps", "-1"], "max_steps must be positive"),
-    (["--sample-steps", "0"], "sample_steps must be positive"),
+    (["--sample-steps", "0"], "sample steps must be in 1..100"),
+    (["--eta", "1.5"], "eta must be in [0, 1]"),
     (["--image-size", "31"], "cannot be halved"),
     (["--attention-resolutions", "4"], "never reached"),
     (["--schedule", "quadratic"], "Unknown schedule"),
@@ -198,11 +245,11 @@ def test_flags_cover_every_config_field():
 
 
 def test_benchmark_script_prints_figures():
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--preset", "tiny", "--steps", "2",
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "benchmark.py"), "--preset", "tiny", "--steps", "2",
                         "--skip-ddpm", "--samples", "4"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     figures = json.loads(r.stdout.strip().splitlines()[0])
-    for k in ("images_per_s", "ms_per_step", "compile_s", "gflop_per_step", "matmul_gflops", "host_overhead_ms",
+    for k in ("images_per_s", "ms_per_step", "compile_s", "gflop_per_step", "matmul_gflops",
               "ddim100_s_for_4"):
         assert figures[k] > 0, k
 
@@ -227,7 +274,7 @@ def test_compare_torch_keeps_each_sides_best():
 def test_compare_torch_bad_input(argv, message, capsys):
     import compare_torch
 
-    reference = REPO / "scripts" / "compare_torch.py"  # any existing file will do for the flags' checks
+    reference = REPO / "benchmarks" / "compare_torch.py"  # any existing file will do for the flags' checks
     base = {"--torch-python": sys.executable, "--reference": str(reference)}
     base.update(dict(zip(argv[::2], argv[1::2])))
     with pytest.raises(SystemExit) as e:

@@ -22,10 +22,10 @@ SCRIPT = textwrap.dedent("""
     out = {}
     for name, devs in [("one", jax.devices()[:1]), ("two", jax.devices())]:
         tr = Trainer(cfg, create_unet(cfg.model, seed=0), images, devices=devs)
-        hist = tr.fit(progress=False, print_epochs=False)
+        hist = tr.fit(progress=False)
         params = jax.tree.leaves(nnx.state(tr.model, nnx.Param))
         out[name] = (np.array(hist["loss"]), [np.asarray(p) for p in params])
-        print(name, tr.mesh.devices.shape, hist["loss"])
+        print(name, tr.batch_sharding.mesh.devices.shape, hist["loss"])
     np.testing.assert_allclose(out["one"][0], out["two"][0], rtol=1e-4, atol=1e-6)
     for a, b in zip(out["one"][1], out["two"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

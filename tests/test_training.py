@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from helpers.config import get_config
-from helpers.data import batch_indices, epoch_batches, steps_per_epoch
+from helpers.data import batch_slice, epoch_order, steps_per_epoch
 from helpers.training import EMA, Trainer, ema_decay_at, make_lr_schedule
 from helpers.unet import create_unet
 
@@ -79,6 +79,12 @@ def test_ema_with_warmup_tracks_the_model_after_short_runs():
     assert kept_plain > 0.88 and kept_warm < 1e-3
 
 
+def epoch_batches(key, epoch, n, batch_size):
+    """Every (indices, mask) of one epoch, shapes (steps_per_epoch, B)."""
+    order = epoch_order(key, epoch, n, batch_size)
+    return jax.vmap(lambda pos: batch_slice(order, pos, n, batch_size))(jnp.arange(steps_per_epoch(n, batch_size)))
+
+
 def test_batches_cover_every_example_once_per_epoch():
     key = jax.random.key(3)
     idx, mask = epoch_batches(key, 0, 1000, 128)
@@ -88,7 +94,7 @@ def test_batches_cover_every_example_once_per_epoch():
     assert float(mask.sum()) == 1000 and float(mask[-1].sum()) == 1000 - 7 * 128
     idx1, _ = epoch_batches(key, 1, 1000, 128)
     assert not np.array_equal(idx, idx1)  # a new order each epoch
-    i5, _ = batch_indices(key, 5, 1000, 128)
+    i5, _ = batch_slice(epoch_order(key, 0, 1000, 128), 5, 1000, 128)
     np.testing.assert_array_equal(i5, idx[5])
 
 
@@ -106,7 +112,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
         imgs[i, r:r + 8, c:c + 8] = 255
     tr = _tiny_trainer(imgs, max_steps=60, batch_size=32, log_every=20, learning_rate=3e-3, warmup_steps=5,
                        train_limit=None)
-    hist = tr.fit(progress=False, print_epochs=False)
+    hist = tr.fit(progress=False)
     loss = np.asarray(hist["loss"])
     assert len(loss) == 60 and tr.step == 60
     assert loss[-10:].mean() < 0.7 * loss[:10].mean()
@@ -115,9 +121,13 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
 
 def test_last_short_batch_does_not_recompile():
     imgs = np.zeros((40, 28, 28, 1), np.uint8)  # 40 = 32 + 8: the second batch is padded and masked
+    from helpers.data import get_batch
+    from helpers.training import compiled_train_step
+
     tr = _tiny_trainer(imgs, max_steps=4, batch_size=32, log_every=4, train_limit=None)
+    before = compiled_train_step._cache_size(), get_batch._cache_size()
     tr.fit(progress=False)
-    assert tr._step_fn._cache_size() == 1
+    assert (compiled_train_step._cache_size(), get_batch._cache_size()) == (before[0] + 1, before[1] + 1)
     assert tr.history["epoch"] == [0, 0, 1, 1]
 
 
@@ -131,20 +141,25 @@ def test_nan_loss_stops_with_clear_message():
         tr.fit(progress=False)
 
 
-def test_nnx_jit_step_matches_trainer_step():
-    from helpers.data import batch_indices
-    from helpers.training import make_jit_train_step
+def test_the_step_written_out_is_the_trainers_step():
+    """Notebook 04's explicit loop (get_batch, then the NNX train_step under nnx.jit) gives the
+    Trainer's losses exactly."""
+    from helpers.data import epoch_order, get_batch
+    from helpers.training import train_step
+
+    train_step = nnx.jit(train_step, static_argnames="cfg")
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
     a = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
     b = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
     a.fit(progress=False)
-    step = make_jit_train_step(b.schedule, b.cfg)
+    order = epoch_order(b.data_key, 0, 64, b.cfg.batch_size)
     losses = []
     for s in range(2):
-        idx, mask = batch_indices(b.data_key, s, 64, b.cfg.batch_size)
-        m = step(b.model, b.optimizer, b.ema, b.images, None, idx, mask, jax.random.fold_in(b.step_key, s))
+        x0, labels, mask = get_batch(b.images, b.labels, order, s, b.cfg.batch_size)
+        m = train_step(b.model, b.optimizer, b.ema, b.schedule, x0, labels, mask,
+                       jax.random.fold_in(b.step_key, s), cfg=b.cfg)
         losses.append(float(m["loss"]))
     np.testing.assert_allclose(losses, a.history["loss"], rtol=1e-5)
     x = a.sample(jax.random.key(0), 2, steps=3)
@@ -166,14 +181,14 @@ def test_the_guide_is_the_ema_at_its_step_and_survives_a_checkpoint(tmp_path):
     imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
     over = {"max_steps": 8, "log_every": 2, "train_limit": None, "guide_fraction": 0.5, "autoguidance_scale": 2.0}
     tr = _tiny_trainer(imgs, **over)
-    assert tr.guide_step == 4 and not tr.guide.ready
+    assert tr.guide_step == 4 and tr.guide.step == -1
     seen = {}  # the EMA weights after each chunk
 
     def keep_ema(t):
         seen[t.step] = jax.tree.map(np.array, nnx.state(t.ema.model, nnx.Param))
 
     tr.fit(progress=False, on_chunk=keep_ema)
-    assert tr.guide.ready and tr.guide.step == 4
+    assert tr.guide.step == 4
     guide_params = nnx.state(tr.guide.model, nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, guide_params, seen[4])  # the EMA weights of step 4, frozen
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_params, seen[8])))
@@ -181,7 +196,7 @@ def test_the_guide_is_the_ema_at_its_step_and_survives_a_checkpoint(tmp_path):
     ckpt = CheckpointManager(tmp_path / "ckpt")
     ckpt.save(tr)
     back = _tiny_trainer(imgs, **over)
-    assert ckpt.restore_latest(back) == 8 and back.guide.ready
+    assert ckpt.restore_latest(back) == 8 and back.guide.step == 4
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.guide.model, nnx.Param), guide_params)
     key = jax.random.key(0)
     np.testing.assert_array_equal(back.sample(key, 2, steps=3), tr.sample(key, 2, steps=3))

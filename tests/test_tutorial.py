@@ -1,10 +1,15 @@
-"""helpers.tutorial: the notebooks' run reuse must not silently ignore changed settings."""
+"""notebooks/tutorial.py: the notebooks' run reuse must not silently ignore changed settings."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
 import helpers  # noqa: F401
 from helpers.config import get_config
-from helpers.tutorial import ensure_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+from tutorial import ensure_run  # noqa: E402
 
 
 def test_a_run_with_other_settings_is_refused_and_left_alone(tmp_path):

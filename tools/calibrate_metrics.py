@@ -1,6 +1,6 @@
 """Calibration of the sample-quality figures: what real, damaged and random digits score.
 
-    python scripts/calibrate_metrics.py [--n 1000] [--markdown]
+    python tools/calibrate_metrics.py [--n 1000] [--markdown]
 
 Prints one JSON line per case and, with --markdown, a table for the README / docs.
 """
@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import helpers  # noqa: E402,F401
+import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
 
 
 def cases(ev, n: int, rng):
@@ -66,4 +63,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Side by side with the PyTorch reference (../shared/bench/torch_ddpm): same models, same machine,
 back to back in one run, printed as ratios.
 
-    python scripts/compare_torch.py --torch-python ../shared/bench/torch_ddpm/.venv-torch/bin/python
+    python benchmarks/compare_torch.py --torch-python ../shared/bench/torch_ddpm/.venv-torch/bin/python
 
 Set the reference up first (its README): `python3 -m venv .venv-torch && .venv-torch/bin/pip
 install torch==2.13.0 numpy diffusers`. For each model size (the reference's `--small`, 32/64/128
@@ -27,7 +27,7 @@ REFERENCE = REPO.parent / "shared" / "bench" / "torch_ddpm" / "ddpm_torch.py"
 
 # Our flags for the reference's two models (the `paper` preset is its default model).
 MODELS = {
-    "small": ["--preset", "paper", "--hidden-dims", "32,64,128", "--num-res-blocks", "1"],
+    "small": ["--preset", "paper", "--set", "hidden_dims=32,64,128", "--set", "num_res_blocks=1"],
     "paper": ["--preset", "paper"],
 }
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             ref = _run([args.torch_python, args.reference, "bench", "--batch", str(args.batch),
                         "--steps", str(args.steps), "--threads", str(args.threads), *small])
-            ours = _run([sys.executable, "scripts/benchmark.py", *MODELS[name], "--batch", str(args.batch),
+            ours = _run([sys.executable, "benchmarks/benchmark.py", *MODELS[name], "--batch", str(args.batch),
                          "--steps", str(args.steps), "--skip-ddpm", "--samples", "64"])
             ref_s = _run([args.torch_python, args.reference, "sample-bench", "--n", "64", "--ddim-steps", "100",
                           "--threads", str(args.threads), *small])

@@ -1,4 +1,5 @@
-"""What the notebooks share: the preset switch, where figures go, and the tutorial's trained run.
+"""What the notebooks share (`import tutorial` from this folder): the preset switch, where figures
+go, and the tutorial's trained run.
 
 - `TUTORIAL_PRESET=tiny` switches every notebook to tiny settings (seconds, for CI); unset, the
   notebooks use the preset chosen from the JAX backend (`cpu` without an accelerator, else `paper`).
@@ -11,12 +12,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
-from helpers.plotting import in_jupyter
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (figures show inline), False in a plain script."""
+    return "ipykernel" in sys.modules
 
 
 def tutorial_preset() -> str:
@@ -40,15 +45,17 @@ def tutorial_run_dir(preset: str | None = None) -> Path:
 
 
 def setup(notebook: str) -> str:
-    """Print what this notebook runs with (preset, machine, versions); returns the preset name."""
+    """Apply `helpers.environment.tune_for_cpu` (before JAX starts), print what this notebook runs
+    with (preset, machine, versions), and return the preset name."""
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu(restart=False)  # a kernel cannot restart itself: see the Performance page for huge pages
     import flax
     import jax
     import optax
 
-    from helpers.plotting import use_headless_backend_if_needed
     from helpers.runs import machine_description
 
-    use_headless_backend_if_needed()
     os.environ["TUTORIAL_NOTEBOOK"] = notebook
     preset = tutorial_preset()
     print(f"notebook {notebook}: preset {preset!r} on {machine_description()}")
@@ -79,9 +86,8 @@ def ensure_run(run_dir, cfg, progress: bool = True):
     import json
 
     from helpers.checkpoints import load_run
-    from helpers.runs import train_run
-
     from helpers.data import file_lock
+    from helpers.runs import train_run
 
     run_dir = Path(run_dir)
     if (run_dir / "config.json").is_file():
@@ -104,13 +110,12 @@ def _check_same_config(run_dir: Path, cfg) -> None:
     import json
 
     from helpers.checkpoints import read_config
-    from helpers.config import Config
 
     def flat(c):  # model fields beside the others; fields added since the run take their defaults
         d = json.loads(c.to_json())
         return {**{k: v for k, v in d.items() if k != "model"}, **d["model"]}
 
-    saved, wanted = flat(Config.from_dict(read_config(run_dir))), flat(cfg)
+    saved, wanted = flat(read_config(run_dir)), flat(cfg)
     if saved["fit_steps_to_time"] and wanted["fit_steps_to_time"]:  # the saved max_steps is the fitted plan
         saved.pop("max_steps")
         wanted.pop("max_steps")
@@ -148,3 +153,24 @@ def show_gif(path, width: int = 360, alt: str = "animation"):
 
     data = base64.b64encode(path.read_bytes()).decode()
     display(HTML(f'<img alt="{alt}" width="{width}" src="data:image/gif;base64,{data}">'))
+
+
+def plot_image_rows(rows: dict, ncols: int | None = None, size: float = 0.55, title: str | None = None):
+    """One titled row of images per entry of `rows` ({row title: images in [-1, 1]}): for comparing
+    samplers, settings or models side by side on the same noise."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from helpers.plotting import image_grid
+
+    ncols = ncols or max(len(x) for x in rows.values())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, ncols * size), len(rows) * 2.3 * size),
+                             squeeze=False)
+    for ax, (name, x) in zip(axes[:, 0], rows.items()):
+        ax.imshow(image_grid(np.asarray(x)[:ncols], ncols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

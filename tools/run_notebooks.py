@@ -1,7 +1,7 @@
 """Execute the tutorial notebooks for real and commit-ready: outputs in the .ipynb, a run record on top.
 
-    python scripts/run_notebooks.py                      # all nine, at the backend's preset (cpu here)
-    python scripts/run_notebooks.py 04 05 --preset cpu   # some of them
+    python tools/run_notebooks.py                      # all nine, at the backend's preset (cpu here)
+    python tools/run_notebooks.py 04 05 --preset cpu   # some of them
 
 Each notebook is executed from its `.py` (the source of truth) in a fresh kernel with
 TUTORIAL_PRESET set; its first cell's "Run record" line is rewritten with the preset, the machine,
@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from helpers.environment import restart_with_huge_pages  # noqa: E402
 
 RECORD = re.compile(r"^# > \*\*Run record:\*\*.*$", re.M)
 
@@ -46,7 +43,7 @@ def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
 
     record = (f"# > **Run record:** the outputs below are from a real run at preset `{preset}` on {machine}, "
               f"{time.strftime('%Y-%m-%d')}; the notebook took {_minutes(seconds)} "
-              f"(`python scripts/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
+              f"(`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
     text = py.read_text()
     if not RECORD.search(text):
         raise SystemExit(f"{py.name}: its first cell has no '> **Run record:**' line to fill in.")
@@ -67,7 +64,6 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(REPO))
     import helpers  # noqa: F401
     from helpers.config import PRESETS, default_preset_name
     from helpers.runs import machine_description
@@ -89,5 +85,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # glibc reads $GLIBC_TUNABLES only at start-up (helpers.environment)
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # the notebooks' kernels inherit its environment (huge pages included)
     sys.exit(main())
