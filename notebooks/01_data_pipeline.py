@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import helpers  # noqa: F401  (sets the GPU-memory environment variables before TF/JAX allocate)
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
 from helpers.plotting import plot_samples
 

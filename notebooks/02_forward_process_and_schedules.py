@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
 from helpers.schedules import NoiseSchedule
 

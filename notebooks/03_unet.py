@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.config import PRESETS, get_config
 from helpers.unet import (ResBlock, SelfAttention, UNetConfig, count_params, create_unet, sinusoidal_embedding,
                           space_to_depth)

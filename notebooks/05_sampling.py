@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
 from helpers.sampling import ddim_pairs, sample

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
 from helpers.config import get_config
 from helpers.losses import sample_timesteps, to_x0_and_eps

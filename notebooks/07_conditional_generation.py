@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.config import get_config
 from helpers.metrics import get_evaluator
 from helpers.plotting import plot_samples

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import helpers  # noqa: F401
-import tutorial  # notebooks/tutorial.py: what the notebooks share
+import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
 from helpers.config import get_config
 from helpers.plotting import plot_samples, plot_training_curve

@@ -1,4 +1,4 @@
-"""notebooks/tutorial.py: the notebooks' run reuse must not silently ignore changed settings."""
+"""notebooks/tutorial/: the notebooks' run reuse must not silently ignore changed settings."""
 
 import sys
 from pathlib import Path

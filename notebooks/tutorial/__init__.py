@@ -1,4 +1,4 @@
-"""What the notebooks share (`import tutorial` from this folder): the preset switch, where figures
+"""What the notebooks share (`import tutorial`, this folder next to them): the preset switch, where figures
 go, and the tutorial's trained run.
 
 - `TUTORIAL_PRESET=tiny` switches every notebook to tiny settings (seconds, for CI); unset, the
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 def in_jupyter() -> bool:
