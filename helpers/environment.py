@@ -71,9 +71,12 @@ def tune_for_cpu(restart: bool = True) -> None:
         jaxlib = metadata.version("jaxlib")
     except metadata.PackageNotFoundError:
         jaxlib = None
-    os.environ["XLA_FLAGS"] = with_cpu_xla_flag(os.environ.get("XLA_FLAGS", ""), jaxlib)
+    flags = with_cpu_xla_flag(os.environ.get("XLA_FLAGS", ""), jaxlib)
+    if flags != os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = flags
     env = huge_pages_environment(dict(os.environ), platform.libc_ver(), transparent_huge_pages_mode())
     if restart and env is not None and sys.executable:
         print(f"restarting once with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (huge pages; "
               f"MNIST_DIFFUSION_HUGE_PAGES=0 skips this)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
         os.execve(sys.executable, list(sys.orig_argv), env)

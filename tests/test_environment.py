@@ -27,7 +27,8 @@ def _python(code: str, **env_changes) -> str:
 
 
 def test_importing_helpers_sets_only_the_gpu_memory_variables():
-    code = ("import os; before = dict(os.environ); import helpers, helpers.config, helpers.training\n"
+    code = ("import os, jax; before = dict(os.environ)  # jax itself may set a variable or two on import\n"
+            "import helpers, helpers.config, helpers.training\n"
             "print(sorted(k for k in os.environ if before.get(k) != os.environ[k]))\n"
             "import jax; print(jax.config.jax_compilation_cache_dir)")
     out = _python(code, XLA_FLAGS=None, JAX_COMPILATION_CACHE_DIR=None, TF_CPP_MIN_LOG_LEVEL="3",
