@@ -48,22 +48,27 @@ class CheckpointManager:
 
     def __init__(self, directory, keep: int = 3):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         """The steps of the checkpoints on disk, oldest first."""
+        self.wait()
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
+    def wait(self) -> None:
+        """Block until a save that is still being written in the background is complete."""
+        self._manager.wait_until_finished()
+
     def save(self, trainer) -> int:
-        """Write a checkpoint of `trainer` at its current step (synchronously); returns the step."""
+        """Start writing a checkpoint of `trainer` at its current step; returns the step. The arrays are
+        copied first, so training goes on while the files are written (`wait` for them)."""
         meta = {"step": trainer.step, "config": json.loads(trainer.cfg.to_json()), "history": trainer.history,
                 "data_key": np.asarray(jax.random.key_data(trainer.data_key)).tolist(),
                 "step_key": np.asarray(jax.random.key_data(trainer.step_key)).tolist()}
         self._manager.save(trainer.step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_pure_state(trainer)), meta=ocp.args.JsonSave(meta)), force=True)
-        self._manager.wait_until_finished()
         return trainer.step
 
     def restore_latest(self, trainer) -> int | None:

@@ -58,6 +58,8 @@ class Config:
     # weak guide, and out = guide + w (model - guide) with w = autoguidance_scale (1: off).
     guide_fraction: float | None = None
     autoguidance_scale: float = 1.0
+    # Guide only at timesteps t_low <= t <= t_high (Kynkaanniemi et al. 2024); elsewhere one network call.
+    autoguidance_interval: tuple[int, int] | None = None
     seed: int = 42
     log_every: int = 25  # steps per chunk: the host reads the losses once per chunk
     checkpoint_every: int = 500
@@ -120,6 +122,8 @@ class Config:
         """The inverse of `to_json`'s dict; unknown fields are an error, not ignored."""
         d = dict(d)
         model = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model", {}).items()}
+        if d.get("autoguidance_interval") is not None:
+            d["autoguidance_interval"] = tuple(d["autoguidance_interval"])
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)} | set(model) - {
             f.name for f in dataclasses.fields(UNetConfig)}
         if unknown:
@@ -135,6 +139,10 @@ def _check_guide(cfg: Config) -> None:
     if cfg.autoguidance_scale < 1.0:
         raise ValueError(f"autoguidance_scale must be at least 1 (1 turns autoguidance off), "
                          f"got {cfg.autoguidance_scale}.")
+    interval = cfg.autoguidance_interval
+    if interval is not None and not (len(interval) == 2 and 0 <= interval[0] <= interval[1] < cfg.num_timesteps):
+        raise ValueError(f"autoguidance_interval must be two timesteps t_low,t_high with 0 <= t_low <= t_high < "
+                         f"{cfg.num_timesteps}, got {interval}.")
     if cfg.autoguidance_scale != 1.0 and cfg.guide_fraction is None:
         raise ValueError("autoguidance_scale needs a guide model: this run has none (it was trained without "
                          "--guide-fraction). Set autoguidance_scale to 1.")

@@ -19,21 +19,11 @@ from helpers.config import Config
 from helpers.data import load_split
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
-from helpers.training import Trainer, seconds_per_step
+from helpers.training import FIT_MARGIN, REPLAN_AT, Trainer, seconds_per_step, steps_that_fit
 from helpers.unet import count_params, create_unet
-
-FIT_MARGIN = 0.92  # share of the time limit a fitted plan fills: room for checkpoints and a machine that slows
-
 
 class RunExistsError(FileExistsError):
     """The run folder exists (and --resume was not given) or cannot be made there."""
-
-
-def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, margin: float = FIT_MARGIN) -> int:
-    """Steps of `seconds_per_step` that fill `margin` of `minutes`, in whole chunks (at least one)."""
-    if not seconds_per_step > 0:
-        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}.")
-    return max(chunk, int(margin * 60.0 * minutes / seconds_per_step) // chunk * chunk)
 
 
 def fit_steps_to_time(trainer: Trainer, log=print) -> Config:
@@ -110,29 +100,35 @@ def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, man
     return trainer
 
 
-def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, log=print) -> float:
-    """`trainer.fit` with a checkpoint every `checkpoint_every` steps, on Ctrl-C and at the end;
-    returns the training time in seconds."""
+def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, replan: bool = False,
+                           log=print) -> float:
+    """`trainer.fit` (re-planned once with `replan`) with a checkpoint every `checkpoint_every` steps,
+    written in the background, on Ctrl-C and at the end; returns the training time in seconds."""
     ckpt = CheckpointManager(out / "checkpoints", keep=trainer.cfg.keep_checkpoints)
     last_saved = [trainer.step]
 
+    def save(tr):
+        last_saved[0] = ckpt.save(tr)
+        (out / "config.json").write_text(tr.cfg.to_json())  # a re-planned max_steps, for --resume
+        write_history(tr.history, out)
+
     def on_chunk(tr):
         if tr.step - last_saved[0] >= tr.cfg.checkpoint_every:
-            last_saved[0] = ckpt.save(tr)
-            write_history(tr.history, out)
+            save(tr)
 
     t0 = time.perf_counter()
     try:
-        trainer.fit(progress=progress, on_chunk=on_chunk)
+        trainer.fit(progress=progress, on_chunk=on_chunk, replan_at=REPLAN_AT if replan else None)
     except KeyboardInterrupt:
-        ckpt.save(trainer)
-        write_history(trainer.history, out)
+        save(trainer)
         log(f"\ninterrupted: saved step {trainer.step} to {out}/checkpoints; continue with --resume")
         raise
+    finally:
+        ckpt.wait()  # a background save completes before the run ends, however it ends
     seconds = time.perf_counter() - t0
     if trainer.step != last_saved[0] or not ckpt.steps():
-        ckpt.save(trainer)
-    write_history(trainer.history, out)
+        save(trainer)
+    ckpt.wait()
     return seconds
 
 
@@ -166,7 +162,8 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     out = Path(out)
     trainer = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log)
     cfg, start_step = trainer.cfg, trainer.step
-    train_seconds = train_with_checkpoints(trainer, out, progress=progress, log=log)
+    train_seconds = train_with_checkpoints(trainer, out, progress=progress, log=log,
+                                           replan=cfg.fit_steps_to_time and not resume)
     x, sample_seconds, guided = sample_and_plot(trainer, out, log=log)
     losses = trainer.history["loss"]
     summary = {

@@ -175,7 +175,7 @@ class Trainer:
         put = lambda a, dtype: None if a is None else jax.device_put(np.asarray(a, dtype), self.replicated)  # noqa: E731
         self.images = put(images, np.uint8)
         self.labels = put(labels, np.int32) if cfg.model.num_classes else None
-        self.model = model
+        self.model, self.compile_seconds = model, 0.0
         self.plan(total_steps or cfg.total_steps(self.num_examples))
 
     def plan(self, total_steps: int) -> None:
@@ -194,6 +194,14 @@ class Trainer:
         self.optimizer, self.ema, self.guide = nnx.eval_shape(build, self.model) if abstract else build(self.model)
         if not abstract:
             self.place_on_mesh()
+
+    def replan(self, total_steps: int) -> None:
+        """`plan` mid-run, keeping the optimiser, EMA and guide state: the learning rate's decay is
+        re-made to end at `total_steps` (a new schedule, so the step compiles once more)."""
+        state = nnx.state(self.modules())
+        self.cfg = self.cfg.replace(max_steps=int(total_steps), fit_steps_to_time=True)
+        self.plan(total_steps)
+        nnx.update(self.modules(), state)
 
     @property
     def step(self) -> int:
@@ -226,11 +234,15 @@ class Trainer:
         nnx.update((self.model, self.optimizer, self.ema), state)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
-    def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None) -> dict[str, list]:
+    def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None,
+            replan_at: float | None = None) -> dict[str, list]:
         """Train to `total_steps` or the time limit, calling `on_chunk(trainer)` after each chunk (checkpoints);
-        NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history."""
+        NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history.
+        With `replan_at` (a share of the time limit), the run is re-planned once at that point from the
+        loop's own rate, checkpoints included, to end `REPLAN_MARGIN` of the way to the limit."""
         limit = self.cfg.time_limit_minutes
-        deadline = time.perf_counter() + 60 * limit if limit else math.inf
+        started, first_step = time.perf_counter(), self.step
+        deadline = started + 60 * limit if limit else math.inf
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not progress)
         with bar:
             while self.step < self.total_steps:
@@ -238,13 +250,21 @@ class Trainer:
                 losses = np.asarray(self.run_chunk(start)["loss"])  # the one host read per chunk
                 seconds = time.perf_counter() - chunk_start
                 record_chunk(self, start, losses, seconds)
-                if self.guide is not None and start < self.guide_step <= self.step:
+                if self.guide is not None and not self.guide.ready and self.guide_step <= self.step:
                     self.guide.take(self.ema.model, self.step)
                 bar.update(len(losses))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{len(losses) * self.cfg.batch_size / seconds:.0f}")
                 if on_chunk is not None:
                     on_chunk(self)
-                now = time.perf_counter()  # stop before a chunk that would end past the limit
+                now = time.perf_counter()
+                if replan_at and now - started >= replan_at * 60 * limit and self.step < self.total_steps:
+                    replan_at, rate = None, (now - started) / (self.step - first_step)
+                    self.replan(self.step + steps_that_fit(rate, (deadline - now - self.compile_seconds) / 60,
+                                                           self.cfg.log_every, REPLAN_MARGIN))
+                    bar.total = self.total_steps
+                    tqdm.write(f"re-planned at step {self.step} from the loop's {1000 * rate:.0f} ms per step: "
+                               f"{self.total_steps:,} steps end {REPLAN_MARGIN:.1%} of the way to the limit.")
+                # stop before a chunk that would end past the limit
                 if now + (now - chunk_start) > deadline and self.step < self.total_steps:
                     tqdm.write(f"time limit of {limit:g} min reached at step {self.step}.")
                     break
@@ -262,7 +282,7 @@ class Trainer:
             if self.guide is None or not self.guide.ready:
                 why = "it was trained without --guide-fraction" if self.guide is None else "none yet"
                 raise ValueError(f"Autoguidance needs the run's guide model ({why}): use --autoguidance-scale 1.")
-            opts.update(guide=self.guide.model, autoguidance_scale=w)
+            opts.update(guide=self.guide.model, autoguidance_scale=w, autoguidance_interval=cfg.autoguidance_interval)
         opts.update(options)
         return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
 
@@ -287,10 +307,25 @@ def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: floa
                    f"{np.mean(h['loss'][max(0, end - trainer.steps_per_epoch):end]):.4f}")
 
 
+FIT_MARGIN = 0.92  # share of the time limit a first, timed plan fills: room for a machine that slows
+REPLAN_AT = 0.1  # a fitted run re-plans once, this far into its time limit, before much of the decay
+REPLAN_MARGIN = 0.985  # share of the time left that the re-plan fills, from the loop's own rate
+
+
+def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, margin: float = FIT_MARGIN) -> int:
+    """Steps of `seconds_per_step` that fill `margin` of `minutes`, in whole chunks (at least one)."""
+    if not seconds_per_step > 0:
+        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}.")
+    return max(chunk, int(margin * 60.0 * minutes / seconds_per_step) // chunk * chunk)
+
+
 def seconds_per_step(trainer: Trainer, steps: int = 5) -> float:
-    """Wall time of one compiled step of `trainer` on this machine; its state is restored afterwards."""
+    """Wall time of one compiled step of `trainer` on this machine (its state is restored afterwards);
+    the compilation's time is kept as `trainer.compile_seconds`, what a re-plan costs."""
     saved = jax.tree.map(jnp.copy, nnx.state(trainer.modules()))
+    t0 = time.perf_counter()
     jax.block_until_ready(trainer.run_chunk(trainer.step, 1))  # compile
+    trainer.compile_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = jax.block_until_ready(trainer.run_chunk(trainer.step, steps))
     seconds = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)

@@ -15,11 +15,21 @@ import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow /
 from _cli import fail
 
 
+def _interval(text: str):
+    """'t_low,t_high' -> (t_low, t_high); 'all' -> every step (no interval)."""
+    if text.lower() in ("all", "none"):
+        return "all"
+    low, high = (int(v) for v in text.split(","))
+    return low, high
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    from helpers.sampling import SAMPLERS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run folder written by scripts/train.py")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the run's sampler")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps, 1 to T (default: the run's)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sampler")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to T (not ddpm; default: the run's)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (0: deterministic; default: the run's)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -27,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="class-conditional runs: classifier-free guidance w (default: the run's); labels 0-9 in turn")
     p.add_argument("--autoguidance-scale", type=float, default=None,
                    help="autoguidance w with the run's guide model (default: the run's; 1 turns it off)")
+    p.add_argument("--autoguidance-interval", type=_interval, default=None, metavar="T_LOW,T_HIGH",
+                   help="guide only at these timesteps, e.g. 100,700, or 'all' (default: the run's)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--trajectory", action="store_true", help="also write a strip and a GIF of the reverse process")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sample-<sampler>-<steps>)")
@@ -38,8 +50,10 @@ def sampling_config(cfg, args):
     if args.guidance_scale is not None and not cfg.model.num_classes:
         raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
     flags = {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta, "num_samples": args.n,
-             "guidance_scale": args.guidance_scale, "autoguidance_scale": args.autoguidance_scale}
-    return cfg.replace(**{k: v for k, v in flags.items() if v is not None}).validate()
+             "guidance_scale": args.guidance_scale, "autoguidance_scale": args.autoguidance_scale,
+             "autoguidance_interval": args.autoguidance_interval}
+    cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None})
+    return (cfg.replace(autoguidance_interval=None) if cfg.autoguidance_interval == "all" else cfg).validate()
 
 
 def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
@@ -70,7 +84,7 @@ def main(argv=None) -> int:
     try:
         cfg, trainer = load_run(args.run_dir)
         trainer.cfg = cfg = sampling_config(cfg, args)
-        label = f"{cfg.sampler}-{cfg.sample_steps if cfg.sampler == 'ddim' else cfg.num_timesteps}"
+        label = f"{cfg.sampler}-{cfg.num_timesteps if cfg.sampler == 'ddpm' else cfg.sample_steps}"
         prefix = Path(args.out) if args.out else Path(args.run_dir) / f"sample-{label}"
         prefix.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

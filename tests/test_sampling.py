@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from helpers.sampling import DDIMSampler, ddim_pairs, make_sampler, sample
 from helpers.schedules import NoiseSchedule
@@ -125,7 +126,7 @@ def test_negative_guidance_scale_is_refused():
 
 def _randomised(model, seed):
     """The model with random weights (the zero-initialised output layer would make every model agree)."""
-    from flax import nnx
+
 
     params = nnx.state(model, nnx.Param)
     leaves, tree = jax.tree.flatten(params)
@@ -156,3 +157,99 @@ def test_sampling_with_a_guide():
     np.testing.assert_allclose(same, plain, atol=1e-5)  # a guide equal to the model changes nothing
     guided = sample(good, s, key, 3, steps=4, eta=1.0, guide=weak, autoguidance_scale=3.0)
     assert guided.shape == plain.shape and not np.allclose(guided, plain, atol=1e-3)
+
+
+class GaussianDenoiser(nnx.Module):
+    """The optimal predictor for data x0 ~ N(0, s^2 I): eps*(x_t, t) = sqrt(1 - ab) x_t / (ab s^2 + 1 - ab),
+    given as the epsilon, v or x0 target."""
+
+    def __init__(self, schedule, s, prediction):
+        self.cfg = UNetConfig(image_size=8, num_classes=None)
+        self.schedule, self.s, self.prediction = nnx.data(schedule), s, prediction
+
+    def __call__(self, x, t, labels=None):
+        ab = self.schedule.alpha_bar_at(t)[:, None, None, None]
+        eps = jnp.sqrt(1 - ab) * x / (ab * self.s**2 + 1 - ab)
+        x0 = (x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
+        return {"epsilon": eps, "x0": x0, "v": jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0}[self.prediction]
+
+
+def _gaussian_samples(sampler, steps, prediction="epsilon", eta=0.0, s=0.3, n=2000):
+    schedule = NoiseSchedule.cosine(1000)
+    model = GaussianDenoiser(schedule, s, prediction)
+    return np.asarray(sample(model, schedule, jax.random.key(0), n, sampler=sampler, steps=steps, eta=eta,
+                             prediction=prediction, clip_x0=False))
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0), ("dpmpp_2m_sde", 0.0)])
+def test_samplers_draw_the_gaussian_data_variance(sampler, eta):
+    """With the exact denoiser, 500 steps of each sampler give samples of variance s^2 = 0.09
+    (s = 0.3 keeps the final clip to [-1, 1] from shrinking it)."""
+    x = _gaussian_samples(sampler, 500, eta=eta)
+    assert abs(x.mean()) < 0.01
+    assert x.var() == pytest.approx(0.09, rel=0.04)
+
+
+def test_ddpm_draws_the_gaussian_data_variance():
+    assert _gaussian_samples("ddpm", 1000, n=500).var() == pytest.approx(0.09, rel=0.04)
+
+
+def test_dpm_solver_beats_ddim_at_ten_steps():
+    """The second-order solver's variance error at 10 steps is smaller than first-order DDIM's."""
+    error = {name: abs(_gaussian_samples(name, 10).var() - 0.09) for name in ("ddim", "dpmpp_2m")}
+    assert error["dpmpp_2m"] < 0.5 * error["ddim"], error
+    sde_error = abs(_gaussian_samples("dpmpp_2m_sde", 10).var() - 0.09)
+    ddim_eta1_error = abs(_gaussian_samples("ddim", 10, eta=1.0).var() - 0.09)
+    assert sde_error < ddim_eta1_error, (sde_error, ddim_eta1_error)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_2m_sde"])
+def test_dpm_solver_gives_the_same_samples_for_every_target(sampler):
+    eps = _gaussian_samples(sampler, 10, "epsilon", n=64)
+    for prediction in ("v", "x0"):
+        np.testing.assert_allclose(_gaussian_samples(sampler, 10, prediction, n=64), eps, rtol=1e-3, atol=1e-4)
+
+
+def test_dpm_solver_first_order_steps_are_ddim():
+    """Without a previous estimate, the ODE step is DDIM with eta = 0 and the SDE step DDIM with eta = 1."""
+    s = NoiseSchedule.cosine(1000)
+    k = jax.random.split(jax.random.key(1), 3)
+    x_t, x0, z = (jax.random.normal(kk, (2, 4, 4, 1)) for kk in k)
+    eps = (x_t - jnp.sqrt(s.alpha_bar_at(600)) * x0) / jnp.sqrt(1 - s.alpha_bar_at(600))
+    for name, eta in (("dpmpp_2m", 0.0), ("dpmpp_2m_sde", 1.0)):
+        ours = make_sampler(s, name, 10).step(x_t, x0, eps, 600, 500, z)
+        np.testing.assert_allclose(ours, DDIMSampler(s, 10, eta).step(x_t, x0, eps, 600, 500, z), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(make_sampler(s, "dpmpp_2m", 10).step(x_t, x0, eps, 0, -1, z), x0, atol=1e-6)
+
+
+def test_guidance_interval_runs_the_guide_only_inside_it():
+    from helpers.sampling import network_evaluations
+
+    good, weak = _randomised(create_unet(TINY, seed=0), 1), _randomised(create_unet(TINY, seed=0), 2)
+    s = NoiseSchedule.create("cosine", 50)
+    key = jax.random.key(0)
+    plain = sample(good, s, key, 2, steps=5, eta=1.0)
+    everywhere = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0)
+    nowhere = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0,
+                     autoguidance_interval=(60, 70))
+    all_of_it = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0,
+                       autoguidance_interval=(0, 49))
+    np.testing.assert_allclose(nowhere, plain, atol=1e-5)
+    np.testing.assert_allclose(all_of_it, everywhere, atol=1e-5)
+    smp = make_sampler(s, "ddim", 5)  # t = 49, 37, 24, 12, 0
+    assert network_evaluations(smp) == 5 and network_evaluations(smp, guided=True) == 10
+    assert network_evaluations(smp, (10, 30), guided=True) == 7
+
+
+def test_lambda_pairs_are_evenly_spaced_in_log_snr_and_strictly_decreasing():
+    from helpers.sampling import lambda_pairs
+
+    s = NoiseSchedule.cosine(1000)
+    for steps in (5, 10, 50, 1000):
+        p = lambda_pairs(s, steps)
+        assert p.shape == (steps, 2) and p[0, 0] == 999 and p[-1, 0] == 0 and p[-1, 1] == -1
+        assert np.all(np.diff(p[:, 0]) < 0)
+        np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])
+    lam = 0.5 * np.log(np.asarray(s.snr(lambda_pairs(s, 50)[:, 0])))
+    gaps = np.diff(lam)[-25:-6]  # past the clipped last betas, where timesteps run out, and before t ~ 0,
+    np.testing.assert_allclose(gaps, np.median(gaps), rtol=0.1)  # where rounding to integers shows

@@ -21,7 +21,7 @@ def test_lr_schedule_values():
 
 
 def test_steps_that_fit_the_time_limit():
-    from helpers.runs import steps_that_fit
+    from helpers.training import steps_that_fit
 
     assert steps_that_fit(0.1, 1.0, chunk=50, margin=0.92) == 550  # 0.92 * 60 s / 0.1 s = 552 -> whole chunks
     assert steps_that_fit(0.1, 1.0, chunk=1, margin=1.0) == 600
@@ -224,3 +224,35 @@ def test_the_time_limit_stops_between_chunks():
     tr = _tiny_trainer(imgs, max_steps=1000, log_every=2, train_limit=None, time_limit_minutes=0.001)
     hist = tr.fit(progress=False)
     assert tr.step == 2 and hist["step"] == [0, 1]  # the first chunk (with compilation) already took 0.06 s
+
+
+def test_a_checkpoint_written_in_the_background_holds_the_state_of_its_step(tmp_path):
+    """Training goes on (donating its buffers) while orbax writes: the files still hold step 4."""
+    from helpers.checkpoints import CheckpointManager
+
+    imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
+    tr = _tiny_trainer(imgs, max_steps=12, log_every=4, train_limit=None)
+    ckpt, saved = CheckpointManager(tmp_path / "ckpt"), {}
+
+    def on_chunk(t):
+        if t.step == 4:
+            saved["params"] = jax.tree.map(np.array, nnx.state(t.model, nnx.Param))
+            ckpt.save(t)  # returns at once; the next chunks run while it writes
+
+    tr.fit(progress=False, on_chunk=on_chunk)
+    ckpt.wait()
+    back = _tiny_trainer(imgs, max_steps=12, log_every=4, train_limit=None)
+    assert ckpt.restore(back, 4) == 4 and back.step == 4
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(back.model, nnx.Param), saved["params"])
+
+
+def test_a_fitted_run_re_plans_once_from_the_loops_rate():
+    """After `replan_at` of the limit, the schedule is re-made to fill REPLAN_MARGIN of the time left;
+    the optimiser keeps its state (step count and moments) across the re-plan."""
+    imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
+    tr = _tiny_trainer(imgs, max_steps=10_000, log_every=4, train_limit=None, time_limit_minutes=0.05)
+    tr.fit(progress=False, replan_at=1e-9)  # re-plan after the first chunk, whose compilation makes it slow
+    assert tr.cfg.max_steps == tr.total_steps < 10_000 and tr.cfg.fit_steps_to_time
+    assert tr.total_steps % 4 == 0 and tr.step <= tr.total_steps
+    assert tr.step == len(tr.history["step"])  # the optimiser's step count went on across the re-plan
+    assert float(tr.lr_schedule(tr.total_steps)) == pytest.approx(tr.cfg.learning_rate * tr.cfg.end_lr_fraction)

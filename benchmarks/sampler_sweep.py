@@ -1,0 +1,118 @@
+"""Quality per network evaluation: score samplers on one trained run (FD, confident share, class shares).
+
+    python benchmarks/sampler_sweep.py runs/cpu                      # the full grid, ~30 min on 2 cores
+    python benchmarks/sampler_sweep.py runs/cpu --only dpmpp_2m_sde  # one sampler's rows
+    python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "ddim eta=1 100 all"
+
+Each setting draws N samples (default 1,000, the main job's N) from the same starting noise and scores
+them with the shipped classifier; `--seeds 3` repeats each with three noise seeds, so the noise of each
+figure is known. Results go to RUN_DIR/sampler_sweep.json (merged with earlier ones) and a plot of
+FD against network evaluations, one line per sampler and guidance setting, to RUN_DIR/sampler_sweep.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
+
+# Autoguidance only at 167 <= t <= 787 of the cosine schedule: EDM noise levels 0.28 < sigma <= 2.9, the
+# interval of Kynkaanniemi et al. 2024 (sigma = sqrt((1 - ab) / ab)); "all": every step; "off": none.
+INTERVALS = {"all": None, "interval": (167, 787), "off": None}
+
+# (sampler, eta, steps, guidance)
+GRID = [("ddim", 1.0, steps, g) for steps in (25, 50, 100) for g in ("all", "interval", "off")]
+GRID += [("ddim", 0.0, steps, "interval") for steps in (25, 50)]
+GRID += [("dpmpp_2m", 0.0, steps, "interval") for steps in (10, 25, 50)]
+GRID += [("dpmpp_2m_sde", 0.0, steps, "interval") for steps in (10, 25, 50, 100)]
+GRID += [("dpmpp_2m_sde", 0.0, 50, "all"), ("ddpm", 1.0, 1000, "off")]
+
+
+def setting_name(sampler: str, eta: float, steps: int, guidance: str) -> str:
+    """E.g. 'ddim eta=1 100 interval' (eta is named for DDIM only)."""
+    return f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''} {steps} {guidance}"
+
+
+def score(trainer, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir) -> dict:
+    """Sample N images with one setting and score them; returns the figures with NFE and seconds."""
+    import jax
+    import numpy as np
+
+    from helpers.metrics import get_evaluator
+    from helpers.sampling import make_sampler, network_evaluations
+
+    guided = guidance != "off"
+    cfg = trainer.cfg.replace(autoguidance_interval=INTERVALS[guidance])
+    trainer.cfg = cfg
+    t0 = time.perf_counter()
+    x = np.asarray(trainer.sample(jax.random.key(seed), n, sampler=sampler, steps=steps, eta=eta,
+                                  autoguidance_scale=cfg.autoguidance_scale if guided else 1.0))
+    seconds = time.perf_counter() - t0
+    figures = get_evaluator(data_dir, manual_dir).evaluate(x)
+    nfe = network_evaluations(make_sampler(trainer.schedule, sampler, steps, eta), INTERVALS[guidance], guided)
+    return {"setting": setting_name(sampler, eta, steps, guidance), "sampler": sampler, "eta": eta, "steps": steps,
+            "guidance": guidance, "seed": seed, "n": n, "nfe": nfe, "seconds": round(seconds, 1),
+            "fd": round(figures["frechet_distance"], 2), "confident": figures["confident_share"],
+            "min_class": figures["min_class_share"], "max_class": figures["max_class_share"]}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """FD against network evaluations: one line per sampler and guidance (mean over seeds, bars: range)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    lines = sorted({(r["sampler"], r["eta"], r["guidance"]) for r in rows})
+    for sampler, eta, guidance in lines:
+        mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"]) == (sampler, eta, guidance)]
+        nfes = sorted({r["nfe"] for r in mine})
+        fds = [[r["fd"] for r in mine if r["nfe"] == k] for k in nfes]
+        mean = np.array([np.mean(f) for f in fds])
+        err = np.array([[m - min(f), max(f) - m] for m, f in zip(mean, fds)]).T
+        label = f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''}, guidance {guidance}"
+        ax.errorbar(nfes, mean, yerr=err, marker="o", capsize=3, label=label)
+    ax.set(xscale="log", xlabel="network evaluations per sample (log scale)", ylabel="Frechet distance (lower is better)",
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder written by scripts/train.py, with a guide model")
+    p.add_argument("--n", type=int, default=1000, help="samples per setting (FD depends on N: keep it fixed)")
+    p.add_argument("--seeds", type=int, default=1, help="noise seeds per setting")
+    p.add_argument("--only", default=None, help="settings whose name contains this text")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--manual-dir", default=None)
+    args = p.parse_args(argv)
+
+    from helpers.checkpoints import load_run
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu(restart=False)
+    _, trainer = load_run(args.run_dir)
+    out = Path(args.run_dir) / "sampler_sweep.json"
+    rows = json.loads(out.read_text()) if out.exists() else []
+    grid = [s for s in GRID if args.only is None or args.only in setting_name(*s)]
+    for setting in grid:
+        for seed in range(args.seeds):
+            row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir)
+            rows = [r for r in rows if (r["setting"], r["seed"], r["n"]) != (row["setting"], seed, args.n)] + [row]
+            out.write_text(json.dumps(rows, indent=1))
+            print(f"{row['setting']:28s} seed {seed}: {row['nfe']:5d} NFE {row['seconds']:6.1f} s  FD {row['fd']:6.2f}  "
+                  f"confident {row['confident']:.1%}  classes {row['min_class']:.1%}-{row['max_class']:.1%}", flush=True)
+    plot([r for r in rows if r["n"] == args.n], out.with_suffix(".png"),
+         f"{Path(args.run_dir).name}: {args.n:,} samples per point, autoguidance w = {trainer.cfg.autoguidance_scale:g}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
