@@ -72,7 +72,7 @@ def time_train_step(trainer, steps: int) -> dict:
     graphdef, state = nnx.split((trainer.model, trainer.optimizer, trainer.ema))
     x0, mask = jax.numpy.zeros((trainer.cfg.batch_size, 32, 32, 1)), jax.numpy.ones(trainer.cfg.batch_size)
     lowered = compiled_train_step.lower(graphdef, state, trainer.schedule, x0, None, mask, jax.random.key(0),
-                                        cfg=trainer.cfg)
+                                        jax.numpy.float32(trainer.cfg.learning_rate), cfg=trainer.step_cfg)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {"compile_s": compile_s, "step_s": step_s, "flops": float((cost or {}).get("flops", float("nan")))}

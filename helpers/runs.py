@@ -19,7 +19,7 @@ from helpers.config import Config
 from helpers.data import load_split
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
-from helpers.training import FIT_MARGIN, REPLAN_AT, Trainer, seconds_per_step, steps_that_fit
+from helpers.training import FIT_MARGIN, REPLAN_EVERY, Trainer, seconds_per_step, steps_that_fit
 from helpers.unet import count_params, create_unet
 
 class RunExistsError(FileExistsError):
@@ -33,7 +33,8 @@ def fit_steps_to_time(trainer: Trainer, log=print) -> Config:
     seconds = seconds_per_step(trainer, steps=timed)
     steps = steps_that_fit(seconds, cfg.time_limit_minutes, chunk=cfg.log_every)
     log(f"timed {timed} steps: {1000 * seconds:.0f} ms per step on this machine, so {steps:,} steps fill "
-        f"{FIT_MARGIN:.0%} of the {cfg.time_limit_minutes:g}-minute limit (the preset's plan: {trainer.total_steps:,})")
+        f"{FIT_MARGIN:.0%} of the {cfg.time_limit_minutes:g}-minute limit (the preset's plan: {trainer.total_steps:,}); "
+        f"training re-plans from its own rate every {REPLAN_EVERY:.0%} of the limit")
     trainer.cfg = cfg.replace(max_steps=steps, fit_steps_to_time=True)
     trainer.plan(steps)
     return trainer.cfg
@@ -48,6 +49,19 @@ def machine_description() -> str:
         kind = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
                     platform.processor() or platform.machine())
     return f"{jax.default_backend()} x{len(devices)} ({kind}, {os.cpu_count()} cores)"
+
+
+def cpu_times() -> np.ndarray | None:
+    """The machine's CPU time counters from /proc/stat (user ... steal), or None where there are none."""
+    stat = Path("/proc/stat")
+    return np.array(stat.read_text().split()[1:9], dtype=float) if stat.is_file() else None
+
+
+def steal_share(before: np.ndarray | None) -> float | None:
+    """Share of the CPU time since `before` that the hypervisor gave to other machines ("steal"):
+    time a virtual machine's loop waited that no change to our code can win back."""
+    after = cpu_times()
+    return None if before is None or after is None else round(float((after - before)[7] / (after - before).sum()), 3)
 
 
 def write_history(history: dict, out: Path) -> None:
@@ -102,7 +116,7 @@ def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, man
 
 def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, replan: bool = False,
                            log=print) -> float:
-    """`trainer.fit` (re-planned once with `replan`) with a checkpoint every `checkpoint_every` steps,
+    """`trainer.fit` (re-planned as it goes with `replan`) with a checkpoint every `checkpoint_every` steps,
     written in the background, on Ctrl-C and at the end; returns the training time in seconds."""
     ckpt = CheckpointManager(out / "checkpoints", keep=trainer.cfg.keep_checkpoints)
     last_saved = [trainer.step]
@@ -118,7 +132,7 @@ def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, r
 
     t0 = time.perf_counter()
     try:
-        trainer.fit(progress=progress, on_chunk=on_chunk, replan_at=REPLAN_AT if replan else None)
+        trainer.fit(progress=progress, on_chunk=on_chunk, replan=replan)
     except KeyboardInterrupt:
         save(trainer)
         log(f"\ninterrupted: saved step {trainer.step} to {out}/checkpoints; continue with --resume")
@@ -145,7 +159,8 @@ def sample_and_plot(trainer: Trainer, out: Path, log=print) -> tuple[np.ndarray,
                                   autoguidance_scale=cfg.autoguidance_scale if guided else 1.0))
     seconds = time.perf_counter() - t0
     np.save(out / "samples.npy", x)
-    title = f"{cfg.sampler.upper()}-{cfg.sample_steps} samples (EMA weights), step {trainer.step}"
+    steps = cfg.num_timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
+    title = f"{cfg.sampler} with {steps} steps (EMA weights), step {trainer.step}"
     title += f", autoguidance w = {cfg.autoguidance_scale:g}" if guided else ""
     shown, ncols = x, None
     if cfg.model.num_classes:  # labels 0, 1, ..., 9 in turn: one column per class, ten rows
@@ -161,15 +176,18 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     the summary (also written to `summary.json`)."""
     out = Path(out)
     trainer = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log)
-    cfg, start_step = trainer.cfg, trainer.step
+    cfg, start_step, counters = trainer.cfg, trainer.step, cpu_times()
     train_seconds = train_with_checkpoints(trainer, out, progress=progress, log=log,
                                            replan=cfg.fit_steps_to_time and not resume)
+    train_steal = steal_share(counters)
     x, sample_seconds, guided = sample_and_plot(trainer, out, log=log)
     losses = trainer.history["loss"]
     summary = {
         "preset": cfg.preset, "machine": machine_description(), "steps": trainer.step,
         "epochs": round(trainer.step / trainer.steps_per_epoch, 3), "train_seconds": round(train_seconds, 1),
         "images_per_s": round((trainer.step - start_step) * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "time_limit_share": round(train_seconds / (60 * cfg.time_limit_minutes), 3) if cfg.time_limit_minutes else None,
+        "cpu_steal_share": train_steal,
         "final_loss": float(np.mean(losses[-50:])), "parameters": count_params(trainer.model),
         "sample_seconds": round(sample_seconds, 1), "num_samples": int(len(x)), "run_dir": str(out),
         "autoguidance": {"scale": cfg.autoguidance_scale, "guide_step": trainer.guide.step} if guided else None,
@@ -178,7 +196,9 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
         summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log,
                                               quick=cfg.preset == "tiny")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log(f"done: {trainer.step} steps in {train_seconds / 60:.1f} min ({summary['images_per_s']} images/s), "
+    steal = f"; other machines took {train_steal:.0%} of the CPU time (steal)" if train_steal else ""
+    share = f", {summary['time_limit_share']:.1%} of the limit" if cfg.time_limit_minutes else ""
+    log(f"done: {trainer.step} steps in {train_seconds / 60:.1f} min{share} ({summary['images_per_s']} images/s{steal}), "
         f"final loss {summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\n"
         f"files in {out}: config.json, history.csv, training_curve.png, samples.png, samples.npy, checkpoints/")
     return summary

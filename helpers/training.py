@@ -43,12 +43,21 @@ def make_lr_schedule(peak: float, warmup_steps: int, total_steps: int, end_fract
         decay_steps=max(int(total_steps), warmup_steps + 1), end_value=peak * end_fraction)
 
 
-# AdamW (Loshchilov & Hutter 2019) after global-norm clipping (Pascanu et al. 2013).
-def make_optimizer(model: nnx.Module, lr_schedule, weight_decay: float, grad_clip: float) -> nnx.Optimizer:
-    """An `nnx.Optimizer` over the model's `nnx.Param` leaves."""
+def scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
+    """updates -> -learning_rate * updates, the rate given to each update (`update(..., learning_rate=lr)`)."""
+    def update(updates, state, params=None, *, learning_rate, **extra_args):
+        return jax.tree.map(lambda u: -learning_rate * u, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+# AdamW (Loshchilov & Hutter 2019; optax.adamw's own chain) after global-norm clipping (Pascanu et al. 2013).
+def make_optimizer(model: nnx.Module, weight_decay: float, grad_clip: float) -> nnx.Optimizer:
+    """An `nnx.Optimizer` over the model's `nnx.Param` leaves. The learning rate is an argument of each
+    step, not a schedule inside the optimiser: a run re-planned mid-way changes no compiled code."""
     clip = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    return nnx.Optimizer(model, optax.chain(*clip, optax.adamw(lr_schedule, weight_decay=weight_decay)),
-                         wrt=nnx.Param)
+    adamw = [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay), scale_by_learning_rate_argument()]
+    return nnx.Optimizer(model, optax.chain(*clip, *adamw), wrt=nnx.Param)
 
 
 def ema_decay_at(decay: float, num_updates, warmup: bool = True):
@@ -123,8 +132,8 @@ def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
 
 
 def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
-               cfg: Config):
-    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step, EMA update.
+               learning_rate, cfg: Config):
+    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step at `learning_rate`, EMA update.
 
     Returns {"loss", "grad_norm"}; `mask` is 0 for the padding of an epoch's short last batch."""
     t_key, noise_key, label_key = jax.random.split(key, 3)
@@ -142,17 +151,18 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
         return masked_mean(per_example_loss(cfg.loss, pred, target, cfg.huber_delta) * weights, mask)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
+    optimizer.update(model, grads, learning_rate=learning_rate)
     ema.update(model, optimizer.step[...])
     return {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("state",))
-def compiled_train_step(graphdef, state, schedule: NoiseSchedule, x0, labels, mask, key, cfg: Config):
+def compiled_train_step(graphdef, state, schedule: NoiseSchedule, x0, labels, mask, key, learning_rate,
+                        cfg: Config):
     """`train_step` on the pure state of (model, optimizer, ema), compiled once; the state's buffers
     are donated (updated in place). Returns (new state, metrics)."""
     model, optimizer, ema = nnx.merge(graphdef, state)
-    metrics = train_step(model, optimizer, ema, schedule, x0, labels, mask, key, cfg)
+    metrics = train_step(model, optimizer, ema, schedule, x0, labels, mask, key, learning_rate, cfg)
     return nnx.state((model, optimizer, ema)), metrics
 
 
@@ -175,19 +185,13 @@ class Trainer:
         put = lambda a, dtype: None if a is None else jax.device_put(np.asarray(a, dtype), self.replicated)  # noqa: E731
         self.images = put(images, np.uint8)
         self.labels = put(labels, np.int32) if cfg.model.num_classes else None
-        self.model, self.compile_seconds = model, 0.0
+        self.step_cfg = self.cfg  # what the compiled step reads: kept as it is when the plan changes
+        self.model = model
         self.plan(total_steps or cfg.total_steps(self.num_examples))
 
-    def plan(self, total_steps: int) -> None:
-        """Set the run's length: a fresh optimiser, EMA and guide whose schedule spans `total_steps`.
-        An abstract model (`nnx.eval_shape`, as `load_run` builds it) gets abstract ones, to be filled."""
-        cfg, self.total_steps = self.cfg, int(total_steps)
-        self.lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, self.total_steps, cfg.end_lr_fraction)
-        self.guide_step = guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every) if cfg.guide_fraction else None
-
-        def build(model):
+        def build(model):  # an abstract model (nnx.eval_shape, as load_run builds it) gets abstract ones
             ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
-            return (make_optimizer(model, self.lr_schedule, cfg.weight_decay, cfg.grad_clip), ema,
+            return (make_optimizer(model, cfg.weight_decay, cfg.grad_clip), ema,
                     Guide(ema.model) if cfg.guide_fraction else None)
 
         abstract = isinstance(jax.tree.leaves(nnx.state(self.model))[0], jax.ShapeDtypeStruct)
@@ -195,13 +199,12 @@ class Trainer:
         if not abstract:
             self.place_on_mesh()
 
-    def replan(self, total_steps: int) -> None:
-        """`plan` mid-run, keeping the optimiser, EMA and guide state: the learning rate's decay is
-        re-made to end at `total_steps` (a new schedule, so the step compiles once more)."""
-        state = nnx.state(self.modules())
-        self.cfg = self.cfg.replace(max_steps=int(total_steps), fit_steps_to_time=True)
-        self.plan(total_steps)
-        nnx.update(self.modules(), state)
+    def plan(self, total_steps: int) -> None:
+        """Set (or, mid-run, change) the run's length: the learning-rate schedule over `total_steps`
+        and the guide's step. The optimiser, EMA and guide keep their state; nothing recompiles."""
+        cfg, self.total_steps = self.cfg, int(total_steps)
+        self.lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, self.total_steps, cfg.end_lr_fraction)
+        self.guide_step = guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every) if cfg.guide_fraction else None
 
     @property
     def step(self) -> int:
@@ -222,27 +225,31 @@ class Trainer:
             raise ValueError("This trainer holds no training data (a run loaded to sample from).")
         graphdef, state = nnx.split((self.model, self.optimizer, self.ema))
         order, order_epoch, out = None, None, []
-        for s in range(start, min(start + (num_steps or self.cfg.log_every), self.total_steps)):
+        steps = np.arange(start, min(start + (num_steps or self.cfg.log_every), self.total_steps))
+        learning_rates = np.asarray(self.lr_schedule(steps), np.float32)  # lr(s) at step s, as optax counts
+        for s, learning_rate in zip(steps.tolist(), learning_rates):
             if s // self.steps_per_epoch != order_epoch:  # one permutation per epoch (helpers.data)
                 order_epoch = s // self.steps_per_epoch
                 order = epoch_order(self.data_key, order_epoch, self.num_examples, self.cfg.batch_size)
             x0, labels, mask = get_batch(self.images, self.labels, order, s % self.steps_per_epoch,
                                          self.cfg.batch_size, self.batch_sharding)
             state, metrics = compiled_train_step(graphdef, state, self.schedule, x0, labels, mask,
-                                                 jax.random.fold_in(self.step_key, s), cfg=self.cfg)
+                                                 jax.random.fold_in(self.step_key, s), learning_rate, cfg=self.step_cfg)
             out.append(metrics)
         nnx.update((self.model, self.optimizer, self.ema), state)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
     def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None,
-            replan_at: float | None = None) -> dict[str, list]:
+            replan: bool = False) -> dict[str, list]:
         """Train to `total_steps` or the time limit, calling `on_chunk(trainer)` after each chunk (checkpoints);
         NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history.
-        With `replan_at` (a share of the time limit), the run is re-planned once at that point from the
-        loop's own rate, checkpoints included, to end `REPLAN_MARGIN` of the way to the limit."""
+        With `replan` (a run fitted to its time limit), every REPLAN_EVERY of the limit up to REPLAN_UNTIL
+        the remaining steps are re-planned from the loop's own rate, checkpoints included, to end at PLAN_END."""
         limit = self.cfg.time_limit_minutes
-        started, first_step = time.perf_counter(), self.step
-        deadline = started + 60 * limit if limit else math.inf
+        budget = 60 * limit if limit else math.inf  # seconds
+        started = time.perf_counter()
+        deadline, plan_end = started + budget, started + PLAN_END * budget
+        clock, next_plan = None, REPLAN_EVERY if replan else math.inf  # clock: after the first chunk
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not progress)
         with bar:
             while self.step < self.total_steps:
@@ -257,15 +264,15 @@ class Trainer:
                 if on_chunk is not None:
                     on_chunk(self)
                 now = time.perf_counter()
-                if replan_at and now - started >= replan_at * 60 * limit and self.step < self.total_steps:
-                    replan_at, rate = None, (now - started) / (self.step - first_step)
-                    self.replan(self.step + steps_that_fit(rate, (deadline - now - self.compile_seconds) / 60,
-                                                           self.cfg.log_every, REPLAN_MARGIN))
+                clock = clock or (now, self.step)  # the first chunk's compilation is no part of the rate
+                if now - started >= next_plan * budget and clock[1] < self.step < self.total_steps:
+                    next_plan = next_plan + REPLAN_EVERY if next_plan + REPLAN_EVERY <= REPLAN_UNTIL + 1e-9 else math.inf
+                    rate = (now - clock[0]) / (self.step - clock[1])
+                    self.cfg = self.cfg.replace(max_steps=self.step + steps_that_fit(
+                        rate, (plan_end - now) / 60, self.cfg.log_every, margin=1.0), fit_steps_to_time=True)
+                    self.plan(self.cfg.max_steps)
                     bar.total = self.total_steps
-                    tqdm.write(f"re-planned at step {self.step} from the loop's {1000 * rate:.0f} ms per step: "
-                               f"{self.total_steps:,} steps end {REPLAN_MARGIN:.1%} of the way to the limit.")
-                # stop before a chunk that would end past the limit
-                if now + (now - chunk_start) > deadline and self.step < self.total_steps:
+                if now + (now - chunk_start) > deadline and self.step < self.total_steps:  # a chunk past the limit
                     tqdm.write(f"time limit of {limit:g} min reached at step {self.step}.")
                     break
         return self.history
@@ -307,9 +314,9 @@ def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: floa
                    f"{np.mean(h['loss'][max(0, end - trainer.steps_per_epoch):end]):.4f}")
 
 
-FIT_MARGIN = 0.92  # share of the time limit a first, timed plan fills: room for a machine that slows
-REPLAN_AT = 0.1  # a fitted run re-plans once, this far into its time limit, before much of the decay
-REPLAN_MARGIN = 0.985  # share of the time left that the re-plan fills, from the loop's own rate
+FIT_MARGIN = 0.92  # share of the time limit the first plan, from a few timed steps, fills
+REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.8  # a fitted run re-plans at 10%, 20%, ..., 80% of its time limit
+PLAN_END = 0.98  # where the re-plans aim the last step: a little room for the last chunk and the final save
 
 
 def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, margin: float = FIT_MARGIN) -> int:
@@ -320,12 +327,9 @@ def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, marg
 
 
 def seconds_per_step(trainer: Trainer, steps: int = 5) -> float:
-    """Wall time of one compiled step of `trainer` on this machine (its state is restored afterwards);
-    the compilation's time is kept as `trainer.compile_seconds`, what a re-plan costs."""
+    """Wall time of one compiled step of `trainer` on this machine; its state is restored afterwards."""
     saved = jax.tree.map(jnp.copy, nnx.state(trainer.modules()))
-    t0 = time.perf_counter()
     jax.block_until_ready(trainer.run_chunk(trainer.step, 1))  # compile
-    trainer.compile_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics = jax.block_until_ready(trainer.run_chunk(trainer.step, steps))
     seconds = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)

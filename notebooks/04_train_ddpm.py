@@ -130,15 +130,19 @@ tutorial.show(fig, "lr_schedule")
 #
 # ## 5. Optimiser: AdamW with gradient clipping
 #
-# `optax.chain(clip_by_global_norm(1.0), adamw(lr_schedule, weight_decay))`: clipping caps the size
-# of any single update (the occasional batch of nearly-clean images at t near 0 can produce large
-# gradients), AdamW adapts the step size per parameter and decays weights separately from the
-# gradient (Loshchilov & Hutter 2019). `nnx.Optimizer` keeps the optimiser state next to the model.
+# `optax.chain(clip_by_global_norm(1.0), scale_by_adam(), add_decayed_weights(wd), -learning_rate)`,
+# which is optax's own `adamw` chain after clipping: clipping caps the size of any single update
+# (the occasional batch of nearly-clean images at t near 0 can produce large gradients), AdamW
+# adapts the step size per parameter and decays weights separately from the gradient (Loshchilov &
+# Hutter 2019). The learning rate is given to each step (`lr_schedule(step)`), not baked into the
+# optimiser, so that a run that re-plans its length mid-way compiles nothing new. `nnx.Optimizer`
+# keeps the optimiser state next to the model.
 
 # %%
-optimizer = make_optimizer(model, lr_schedule, cfg.weight_decay, cfg.grad_clip)
+optimizer = make_optimizer(model, cfg.weight_decay, cfg.grad_clip)
 moments = sum(x.size for x in jax.tree.leaves(nnx.state(optimizer, nnx.OptState)))
-print(f"optax.chain(clip_by_global_norm({cfg.grad_clip}), adamw(lr_schedule, weight_decay={cfg.weight_decay}))")
+print(f"optax.chain(clip_by_global_norm({cfg.grad_clip}), scale_by_adam(), add_decayed_weights({cfg.weight_decay}), "
+      f"-learning_rate)")
 print(f"optimiser state: {moments:,} numbers (AdamW keeps two moments per parameter: "
       f"2 x {count_params(model):,}, plus step counters)")
 
@@ -216,7 +220,8 @@ graphdef, state = nnx.split((model, optimizer, ema))
 for s in range(3):
     x0, _, mask = data.get_batch(images_d, None, order, s, cfg.batch_size)
     t0 = time.perf_counter()
-    state, metrics = compiled_train_step(graphdef, state, schedule, x0, None, mask, jax.random.key(s), cfg=cfg)
+    state, metrics = compiled_train_step(graphdef, state, schedule, x0, None, mask, jax.random.key(s),
+                                         lr_schedule(s), cfg=cfg)
     loss = float(metrics["loss"])
     print(f"step {s}: loss {loss:.4f}, grad norm {float(metrics['grad_norm']):.3f}, "
           f"{time.perf_counter() - t0:.2f} s{' (includes compilation)' if s == 0 else ''}")

@@ -159,7 +159,7 @@ def test_the_step_written_out_is_the_trainers_step():
     for s in range(2):
         x0, labels, mask = get_batch(b.images, b.labels, order, s, b.cfg.batch_size)
         m = train_step(b.model, b.optimizer, b.ema, b.schedule, x0, labels, mask,
-                       jax.random.fold_in(b.step_key, s), cfg=b.cfg)
+                       jax.random.fold_in(b.step_key, s), b.lr_schedule(s), cfg=b.cfg)
         losses.append(float(m["loss"]))
     np.testing.assert_allclose(losses, a.history["loss"], rtol=1e-5)
     x = a.sample(jax.random.key(0), 2, steps=3)
@@ -246,13 +246,24 @@ def test_a_checkpoint_written_in_the_background_holds_the_state_of_its_step(tmp_
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.model, nnx.Param), saved["params"])
 
 
-def test_a_fitted_run_re_plans_once_from_the_loops_rate():
-    """After `replan_at` of the limit, the schedule is re-made to fill REPLAN_MARGIN of the time left;
-    the optimiser keeps its state (step count and moments) across the re-plan."""
+def test_a_fitted_run_re_plans_from_the_loops_rate_without_recompiling(monkeypatch):
+    """The schedule is re-made as the run goes, to end near the limit; the optimiser keeps its state
+    (step count and moments) and the step is not compiled again (the learning rate is an argument)."""
+    import types
+
+    import helpers.training
+    from helpers.training import PLAN_END, compiled_train_step
+
+    clock = iter(np.arange(0.0, 1e6, 0.1))  # 0.1 s per reading: three readings, 0.3 s, per chunk
+    monkeypatch.setattr(helpers.training, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=10_000, log_every=4, train_limit=None, time_limit_minutes=0.05)
-    tr.fit(progress=False, replan_at=1e-9)  # re-plan after the first chunk, whose compilation makes it slow
-    assert tr.cfg.max_steps == tr.total_steps < 10_000 and tr.cfg.fit_steps_to_time
-    assert tr.total_steps % 4 == 0 and tr.step <= tr.total_steps
-    assert tr.step == len(tr.history["step"])  # the optimiser's step count went on across the re-plan
+    tr = _tiny_trainer(imgs, max_steps=10_000, log_every=4, train_limit=None, time_limit_minutes=0.5)
+    tr.run_chunk(0, 1)  # compile
+    compiled = compiled_train_step._cache_size()
+    tr.fit(progress=False, replan=True)
+    assert compiled_train_step._cache_size() == compiled
+    # 30 s at 0.3 s per chunk of 4 steps: the plan ends PLAN_END of the way, where the run stopped
+    assert tr.cfg.max_steps == tr.total_steps == tr.step and tr.cfg.fit_steps_to_time
+    assert tr.total_steps == pytest.approx(PLAN_END * 30 / 0.3 * 4, abs=8)
+    assert tr.step == len(tr.history["step"]) + 1  # the optimiser's count went on (1: the compiling step)
     assert float(tr.lr_schedule(tr.total_steps)) == pytest.approx(tr.cfg.learning_rate * tr.cfg.end_lr_fraction)
