@@ -68,8 +68,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     lines = sorted({(r["sampler"], r["eta"], r["guidance"]) for r in rows})
+    colors = dict(zip(["all", "high", "upper", "interval", "off"], plt.cm.tab10.colors))
+    styles = {("ddim", 0.0): ("s", ":"), ("ddim", 1.0): ("o", "-"), ("ddpm", 1.0): ("*", "-"),
+              ("dpmpp_2m", 0.0): ("^", "--"), ("dpmpp_2m_sde", 0.0): ("D", "-.")}
     for sampler, eta, guidance in lines:
         mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"]) == (sampler, eta, guidance)]
         nfes = sorted({r["nfe"] for r in mine})
@@ -77,14 +80,25 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         mean = np.array([np.mean(f) for f in fds])
         err = np.array([[m - min(f), max(f) - m] for m, f in zip(mean, fds)]).T
         label = f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''}, guidance {guidance}"
-        ax.errorbar(nfes, mean, yerr=err, marker="o", capsize=3, label=label)
-    ax.set(xscale="log", xlabel="network evaluations per sample (log scale)", ylabel="Frechet distance (lower is better)",
-           title=title)
+        marker, style = styles[(sampler, eta)]
+        ax.errorbar(nfes, mean, yerr=err, marker=marker, linestyle=style, color=colors[guidance], capsize=3, label=label)
+    ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", title=title,
+           ylabel="Frechet distance (log scale, lower is better)")
+    low, high = ax.get_xlim()
+    ticks = [k for k in (10, 20, 50, 100, 200, 500, 1000, 2000) if low <= k <= high]
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    low, high = ax.get_ylim()
+    ticks = [k for k in (10, 20, 30, 50, 100, 200, 300, 500) if low <= k <= high]
+    ax.set_yticks(ticks, [str(k) for k in ticks])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _title(run_dir: str, n: int) -> str:
+    return f"{Path(run_dir).name}: {n:,} samples per point (mean of the seeds; bars: their range)"
 
 
 def main(argv=None) -> int:
@@ -94,17 +108,22 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1, help="noise seeds per setting")
     p.add_argument("--only", nargs="+", default=None, help="settings whose name contains one of these texts")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sampler_sweep)")
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT.png from OUT.json, sampling nothing")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--manual-dir", default=None)
     args = p.parse_args(argv)
 
+    out = Path(args.out or Path(args.run_dir) / "sampler_sweep").with_suffix(".json")
+    if args.plot_only:
+        saved = json.loads(out.read_text())
+        plot([r for r in saved["rows"] if r["n"] == args.n], out.with_suffix(".png"), _title(saved["run"], args.n))
+        return 0
     from helpers.checkpoints import load_run
     from helpers.environment import tune_for_cpu
     from helpers.runs import machine_description
 
     tune_for_cpu()
     _, trainer = load_run(args.run_dir)
-    out = Path(args.out or Path(args.run_dir) / "sampler_sweep").with_suffix(".json")
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
@@ -116,8 +135,7 @@ def main(argv=None) -> int:
             out.write_text(json.dumps({**record, "rows": rows}, indent=1))
             print(f"{row['setting']:28s} seed {seed}: {row['nfe']:5d} NFE {row['seconds']:6.1f} s  FD {row['fd']:6.2f}  "
                   f"confident {row['confident']:.1%}  classes {row['min_class']:.1%}-{row['max_class']:.1%}", flush=True)
-    plot([r for r in rows if r["n"] == args.n], out.with_suffix(".png"),
-         f"{Path(args.run_dir).name}: {args.n:,} samples per point, autoguidance w = {trainer.cfg.autoguidance_scale:g}")
+    plot([r for r in rows if r["n"] == args.n], out.with_suffix(".png"), _title(args.run_dir, args.n))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

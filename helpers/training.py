@@ -244,8 +244,10 @@ class Trainer:
         """Train to `total_steps` or the time limit, calling `on_chunk(trainer)` after each chunk (checkpoints);
         NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history.
         With `replan` (a run fitted to its time limit), every REPLAN_EVERY of the limit up to REPLAN_UNTIL
-        the remaining steps are re-planned from the loop's own rate, checkpoints included, to end at PLAN_END."""
+        the remaining steps are re-planned from the loop's own rate, checkpoints included, to end at PLAN_END;
+        the guide is then taken at `guide_fraction` of a re-made plan, never of the first, timed guess."""
         limit = self.cfg.time_limit_minutes
+        replan = bool(replan and limit)
         budget = 60 * limit if limit else math.inf  # seconds
         started = time.perf_counter()
         deadline, plan_end = started + budget, started + PLAN_END * budget
@@ -257,7 +259,8 @@ class Trainer:
                 losses = np.asarray(self.run_chunk(start)["loss"])  # the one host read per chunk
                 seconds = time.perf_counter() - chunk_start
                 record_chunk(self, start, losses, seconds)
-                if self.guide is not None and not self.guide.ready and self.guide_step <= self.step:
+                planned = not replan or next_plan > REPLAN_EVERY  # the guide waits for the first re-plan
+                if self.guide is not None and not self.guide.ready and self.guide_step <= self.step and planned:
                     self.guide.take(self.ema.model, self.step)
                 bar.update(len(losses))
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{len(losses) * self.cfg.batch_size / seconds:.0f}")

@@ -46,7 +46,7 @@ TINY = PRESET == "tiny"
 # The preset's model with `num_classes=10`; everything else is unchanged. On a CPU we train it for
 # 12 minutes instead of 20 (the preset's `fit_steps_to_time` plans as many steps as fit), so that
 # this notebook stays within its 25-minute budget together with the guidance sweep. Samples use the
-# preset's sampler (DDIM-100, $\eta = 1$).
+# preset's sampler (`cfg.sampler` with `cfg.sample_steps` steps, printed below).
 
 # %%
 # autoguidance (the preset's other guidance, notebook 05) stays off: this notebook studies classifier-free guidance alone
@@ -66,8 +66,9 @@ model = trainer.ema.model
 # %%
 per_class = 10
 labels = jnp.repeat(jnp.arange(10), per_class)
-x = sample(model, trainer.schedule, jax.random.key(0), len(labels), steps=cfg.sample_steps, eta=cfg.eta,
+x = sample(model, trainer.schedule, jax.random.key(0), len(labels), sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
            prediction=cfg.prediction, labels=labels, guidance_scale=3.0)
+print(f"sampler: {cfg.sampler}, {cfg.sample_steps} steps")
 fig = plot_samples(x, title="classifier-free guidance, w = 3: row r is label r", ncols=per_class,
                    row_labels=list(range(10)))
 tutorial.show(fig, "one_row_per_digit")
@@ -92,7 +93,7 @@ n_eval = 100
 eval_labels = jnp.arange(n_eval) % 10
 rows, grids = [], {}
 for w in scales:
-    xw = sample(model, trainer.schedule, jax.random.key(1), n_eval, steps=cfg.sample_steps, eta=cfg.eta,
+    xw = sample(model, trainer.schedule, jax.random.key(1), n_eval, sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta,
                 prediction=cfg.prediction, labels=eval_labels, guidance_scale=w)
     logits, _ = evaluator.predict(np.asarray(xw))
     agree = float(np.mean(np.argmax(logits, axis=1) == np.asarray(eval_labels)))

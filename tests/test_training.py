@@ -257,11 +257,13 @@ def test_a_fitted_run_re_plans_from_the_loops_rate_without_recompiling(monkeypat
     clock = iter(np.arange(0.0, 1e6, 0.1))  # 0.1 s per reading: three readings, 0.3 s, per chunk
     monkeypatch.setattr(helpers.training, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=10_000, log_every=4, train_limit=None, time_limit_minutes=0.5)
+    tr = _tiny_trainer(imgs, max_steps=60, log_every=4, train_limit=None, time_limit_minutes=0.5)
     tr.run_chunk(0, 1)  # compile
     compiled = compiled_train_step._cache_size()
     tr.fit(progress=False, replan=True)
     assert compiled_train_step._cache_size() == compiled
+    # the first plan's guide step (30 of 60) came before the first re-plan; the guide waited for it
+    assert tr.guide.step >= 0.4 * tr.total_steps
     # 30 s at 0.3 s per chunk of 4 steps: the plan ends PLAN_END of the way, where the run stopped
     assert tr.cfg.max_steps == tr.total_steps == tr.step and tr.cfg.fit_steps_to_time
     assert tr.total_steps == pytest.approx(PLAN_END * 30 / 0.3 * 4, abs=8)
