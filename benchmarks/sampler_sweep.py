@@ -3,6 +3,7 @@
     python benchmarks/sampler_sweep.py runs/cpu                      # the full grid, ~30 min on 2 cores
     python benchmarks/sampler_sweep.py runs/cpu --only dpmpp_2m_sde  # one sampler's rows
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "ddim eta=1 100 all" "ddim eta=1 50 all"
+    python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "dpmpp_2m_sde 50 all" --autoguidance-scale 2.5
 
 Each setting draws N samples (default 1,000, the main job's N) from the same starting noise and scores
 them with the shipped classifier; `--seeds 3` repeats each with three noise seeds, so the noise of each
@@ -32,16 +33,20 @@ GRID = [("ddim", 1.0, 100, "all"), ("ddim", 1.0, 100, "interval"), ("ddim", 1.0,
         ("dpmpp_2m", 0.0, 25, "interval"), ("ddim", 1.0, 50, "all"), ("ddim", 1.0, 25, "interval"),
         ("ddim", 1.0, 50, "high"), ("ddim", 1.0, 50, "upper"), ("ddim", 1.0, 25, "all"), ("dpmpp_2m_sde", 0.0, 10, "all"),
         ("dpmpp_2m_sde", 0.0, 50, "all"), ("dpmpp_2m_sde", 0.0, 35, "all"), ("dpmpp_2m", 0.0, 25, "all"), ("ddim", 0.0, 50, "all"),
-        ("ddim", 1.0, 100, "off"), ("dpmpp_2m_sde", 0.0, 50, "off"), ("ddpm", 1.0, 1000, "off")]
+        ("ddim", 1.0, 100, "off"), ("dpmpp_2m_sde", 0.0, 50, "off"), ("ddpm", 1.0, 1000, "off"),
+        ("ddpm", 1.0, 1000, "all")]
 
 
-def setting_name(sampler: str, eta: float, steps: int, guidance: str) -> str:
-    """E.g. 'ddim eta=1 100 interval' (eta is named for DDIM only)."""
-    return f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''} {steps} {guidance}"
+def setting_name(sampler: str, eta: float, steps: int, guidance: str, scale: float | None = None) -> str:
+    """E.g. 'ddim eta=1 100 interval' (eta is named for DDIM only; the guidance scale w only when the
+    sweep sets one other than the run's own)."""
+    return f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''} {steps} {guidance}" + (
+        f" w={scale:g}" if scale is not None and guidance != "off" else "")
 
 
-def score(trainer, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir) -> dict:
-    """Sample N images with one setting and score them; returns the figures with NFE and seconds."""
+def score(trainer, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir, scale=None) -> dict:
+    """Sample N images with one setting (guidance scale `scale`, default the run's) and score them;
+    returns the figures with NFE and seconds."""
     import jax
     import numpy as np
 
@@ -52,13 +57,14 @@ def score(trainer, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir)
     cfg = trainer.cfg.replace(autoguidance_interval=INTERVALS[guidance])
     trainer.cfg = cfg
     t0 = time.perf_counter()
+    w = (cfg.autoguidance_scale if scale is None else scale) if guided else 1.0
     x = np.asarray(trainer.sample(jax.random.key(seed), n, sampler=sampler, steps=steps, eta=eta,
-                                  autoguidance_scale=cfg.autoguidance_scale if guided else 1.0))
+                                  autoguidance_scale=w))
     seconds = time.perf_counter() - t0
     figures = get_evaluator(data_dir, manual_dir).evaluate(x)
     nfe = network_evaluations(make_sampler(trainer.schedule, sampler, steps, eta), INTERVALS[guidance], guided)
-    return {"setting": setting_name(sampler, eta, steps, guidance), "sampler": sampler, "eta": eta, "steps": steps,
-            "guidance": guidance, "seed": seed, "n": n, "nfe": nfe, "seconds": round(seconds, 1),
+    return {"setting": setting_name(sampler, eta, steps, guidance, scale), "sampler": sampler, "eta": eta,
+            "steps": steps, "guidance": guidance, "w": w, "seed": seed, "n": n, "nfe": nfe, "seconds": round(seconds, 1),
             "fd": round(figures["frechet_distance"], 2), "confident": figures["confident_share"],
             "min_class": figures["min_class_share"], "max_class": figures["max_class_share"]}
 
@@ -69,19 +75,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    lines = sorted({(r["sampler"], r["eta"], r["guidance"]) for r in rows})
+    lines = sorted({(r["sampler"], r["eta"], r["guidance"], r.get("w")) for r in rows}, key=str)
     colors = dict(zip(["all", "high", "upper", "interval", "off"], plt.cm.tab10.colors))
     styles = {("ddim", 0.0): ("s", ":"), ("ddim", 1.0): ("o", "-"), ("ddpm", 1.0): ("*", "-"),
               ("dpmpp_2m", 0.0): ("^", "--"), ("dpmpp_2m_sde", 0.0): ("D", "-.")}
-    for sampler, eta, guidance in lines:
-        mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"]) == (sampler, eta, guidance)]
+    scales = {r.get("w") for r in rows if r["guidance"] != "off"}
+    for sampler, eta, guidance, w in lines:
+        mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"], r.get("w")) == (sampler, eta, guidance, w)]
         nfes = sorted({r["nfe"] for r in mine})
         fds = [[r["fd"] for r in mine if r["nfe"] == k] for k in nfes]
         mean = np.array([np.mean(f) for f in fds])
         err = np.array([[m - min(f), max(f) - m] for m, f in zip(mean, fds)]).T
-        label = f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''}, guidance {guidance}"
+        label = f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''}, guidance {guidance}" + (
+            f" w={w:g}" if len(scales) > 1 and guidance != "off" else "")
         marker, style = styles[(sampler, eta)]
-        ax.errorbar(nfes, mean, yerr=err, marker=marker, linestyle=style, color=colors[guidance], capsize=3, label=label)
+        ax.errorbar(nfes, mean, yerr=err, marker=marker, linestyle=style, color=colors[guidance], capsize=3, label=label,
+                    alpha=1.0 if w in (None, 1.0, 2.0) else 0.6)
     ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample", title=title,
            ylabel="Frechet distance (log scale, lower is better)")
     low, high = ax.get_xlim()
@@ -107,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1000, help="samples per setting (FD depends on N: keep it fixed)")
     p.add_argument("--seeds", type=int, default=1, help="noise seeds per setting")
     p.add_argument("--only", nargs="+", default=None, help="settings whose name contains one of these texts")
+    p.add_argument("--autoguidance-scale", type=float, default=None,
+                   help="guidance scale w for the guided settings (default: the run's own)")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sampler_sweep)")
     p.add_argument("--plot-only", action="store_true", help="redraw OUT.png from OUT.json, sampling nothing")
     p.add_argument("--data-dir", default=None)
@@ -127,10 +138,12 @@ def main(argv=None) -> int:
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
+    if args.autoguidance_scale is not None and args.autoguidance_scale < 1:
+        p.error("--autoguidance-scale must be at least 1 (1 turns autoguidance off)")
     grid = [s for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
     for setting in grid:
         for seed in range(args.seeds):
-            row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir)
+            row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
             rows = [r for r in rows if (r["setting"], r["seed"], r["n"]) != (row["setting"], seed, args.n)] + [row]
             out.write_text(json.dumps({**record, "rows": rows}, indent=1))
             print(f"{row['setting']:28s} seed {seed}: {row['nfe']:5d} NFE {row['seconds']:6.1f} s  FD {row['fd']:6.2f}  "

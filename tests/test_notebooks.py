@@ -3,6 +3,7 @@
 (nbmake runs every .ipynb itself: `--nbmake` is in pytest's addopts and `notebooks/` in testpaths.)
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -57,6 +58,55 @@ def test_committed_notebooks_carry_real_outputs():
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{p.stem}: no figure in the outputs"
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert all(c.get("execution_count") for c in code), f"{p.stem}: not every code cell was executed"
+
+
+def _run_notebooks_tool():
+    spec = importlib.util.spec_from_file_location("run_notebooks", REPO / "tools" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_outputs_show_each_progress_bar_once():
+    """Stream outputs are stored as a terminal shows them (tools/run_notebooks.py merges them and resolves
+    carriage returns): the docs site renders one final bar per loop, not every state it passed through."""
+    for p in NOTEBOOKS:
+        nb = json.loads(p.with_suffix(".ipynb").read_text())
+        for i, cell in enumerate(nb["cells"]):
+            streams = [o for o in cell.get("outputs", []) if o["output_type"] == "stream"]
+            assert not any("\r" in "".join(o["text"]) for o in streams), f"{p.stem} cell {i}: unresolved \\r"
+            names = [o.get("name") for o in cell.get("outputs", [])]
+            assert all(a is None or a != b for a, b in zip(names, names[1:])), f"{p.stem} cell {i}: unmerged streams"
+
+
+@pytest.mark.parametrize("notebook", EXPECTED)
+def test_run_record_names_the_commit_whose_code_made_the_outputs(notebook):
+    """The run record's `commit <hash>`: the notebook's own code and that of helpers/ and notebooks/tutorial/
+    are unchanged since that commit (ASTs without docstrings, so prose edits alone do not count)."""
+    tool = _run_notebooks_tool()
+    py = REPO / "notebooks" / f"{notebook}.py"
+    record = tool.RECORD.search(py.read_text())
+    assert record, f"{notebook}: no run record"
+    commit = tool.RECORD_COMMIT.search(record.group(0))
+    if commit is None:
+        pytest.skip(f"{notebook}'s run record names no commit: its outputs predate commit records; "
+                    f"re-execute it with `python tools/run_notebooks.py {notebook[:2]}`")
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("no git history here: the run record's commit cannot be checked")
+    try:
+        changed = tool.files_changed_since(commit.group(1), tool.code_paths(py))
+    except subprocess.CalledProcessError:
+        pytest.skip(f"commit {commit.group(1)} is not in this clone's history (a shallow clone?)")
+    assert not changed, (f"{notebook}: the code of {', '.join(changed)} changed since commit {commit.group(1)}, "
+                         f"which made its outputs: re-execute it with `python tools/run_notebooks.py {notebook[:2]}`")
+
+
+def test_code_fingerprint_ignores_prose_but_not_code():
+    tool = _run_notebooks_tool()
+    base = 'def f(x):\n    """Doc."""\n    return x + 1  # why\n'
+    assert tool.code_fingerprint(base) == tool.code_fingerprint('def f(x):\n    """Other doc."""\n    return x + 1\n')
+    assert tool.code_fingerprint(base) == tool.code_fingerprint("# %% [markdown]\n# prose\ndef f(x):\n    return x + 1\n")
+    assert tool.code_fingerprint(base) != tool.code_fingerprint('def f(x):\n    """Doc."""\n    return x + 2\n')
 
 
 @pytest.mark.parametrize("notebook", ["02_forward_process_and_schedules"])

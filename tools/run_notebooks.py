@@ -5,14 +5,20 @@
 
 Each notebook is executed from its `.py` (the source of truth) in a fresh kernel with
 TUTORIAL_PRESET set; its first cell's "Run record" line is rewritten with the preset, the machine,
-the date and the wall time; then `jupytext --update` writes the `.ipynb` (outputs kept), so the
-pair is in sync exactly as CI checks it. Notebooks 05-08 reuse the run notebook 04 trained
+the date, the commit of the code that ran and the wall time; then `jupytext --update` writes the
+`.ipynb` (outputs kept), so the pair is in sync exactly as CI checks it. Consecutive stream outputs
+are merged and carriage returns resolved, as a terminal shows them, so a progress bar leaves its
+final state, not hundreds. Notebooks 05-08 reuse the run notebook 04 trained
 (runs/tutorial-<preset>/); delete it to train again.
+
+Commit the code first: a notebook whose code, or the code of `helpers/` or `notebooks/tutorial/`,
+differs from HEAD is refused, since its record could not name the commit that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -23,6 +29,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 RECORD = re.compile(r"^# > \*\*Run record:\*\*.*$", re.M)
+RECORD_COMMIT = re.compile(r"\bcommit ([0-9a-f]{7,40})\b")
+
+
+def code_fingerprint(source: str) -> str:
+    """The Python code of a file without comments or docstrings (a dump of its AST), so that an edit of
+    prose alone (a notebook's markdown cells are comments) leaves the fingerprint unchanged."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_paths(py: Path) -> list[Path]:
+    """The files whose code a notebook's outputs depend on: its own .py, helpers/ and notebooks/tutorial/."""
+    return [py, *sorted((REPO / "helpers").glob("*.py")), *sorted((REPO / "notebooks" / "tutorial").glob("*.py"))]
+
+
+def files_changed_since(commit: str, paths: list[Path]) -> list[str]:
+    """The paths (relative to the repository) whose code differs between `commit` and the working tree;
+    raises CalledProcessError when git or the commit is not available."""
+    changed = []
+    for path in paths:
+        rel = path.resolve().relative_to(REPO).as_posix()
+        old = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=REPO, capture_output=True, text=True)
+        if old.returncode != 0:
+            subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, check=True,
+                           capture_output=True)
+            changed.append(rel)  # the commit exists, the file did not
+        elif code_fingerprint(old.stdout) != code_fingerprint(path.read_text()):
+            changed.append(rel)
+    return changed
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def _minutes(seconds: float) -> str:
@@ -33,6 +79,7 @@ def _minutes(seconds: float) -> str:
 def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
     import jupytext
     from nbclient import NotebookClient
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     nb = jupytext.read(py)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
@@ -41,8 +88,9 @@ def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
     client.execute()
     seconds = time.perf_counter() - t0
 
+    CoalesceStreamsPreprocessor().preprocess(nb, {})
     record = (f"# > **Run record:** the outputs below are from a real run at preset `{preset}` on {machine}, "
-              f"{time.strftime('%Y-%m-%d')}; the notebook took {_minutes(seconds)} "
+              f"{time.strftime('%Y-%m-%d')}, commit {head_commit()}; the notebook took {_minutes(seconds)} "
               f"(`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
     text = py.read_text()
     if not RECORD.search(text):
@@ -76,6 +124,11 @@ def main(argv=None) -> int:
     chosen = [nb for nb in all_nbs if not args.notebooks or any(nb.stem.startswith(a) for a in args.notebooks)]
     if not chosen:
         p.error(f"no notebook matches {args.notebooks}")
+    commit = head_commit()
+    dirty = sorted({rel for py in chosen for rel in files_changed_since(commit, code_paths(py))})
+    if dirty:
+        p.error(f"the code of {', '.join(dirty)} differs from commit {commit}: commit it first, so that each "
+                f"run record names the commit whose code produced its outputs")
     machine = machine_description()
     for py in chosen:
         print(f"executing {py.name} at preset {preset} ...", flush=True)
