@@ -167,7 +167,7 @@ PRESETS: dict[str, Config] = {
         epochs=5, max_steps=8300, batch_size=32, learning_rate=1e-3, warmup_steps=200,
         prediction="v", loss="mse", loss_weighting="min_snr", weight_decay=0.0, ema_decay=0.999, ema_every=1,
         sampler="dpmpp_2m_sde", sample_steps=50, eta=1.0, num_samples=1000, log_every=50, checkpoint_every=500,
-        time_limit_minutes=20.0, fit_steps_to_time=True, guide_fraction=0.15, autoguidance_scale=2.0,
+        time_limit_minutes=20.0, fit_steps_to_time=True, guide_fraction=0.15, autoguidance_scale=2.25,
     ),
     # Seconds: CI and notebook smoke runs.
     "tiny": Config(

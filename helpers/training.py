@@ -318,7 +318,7 @@ def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: floa
 
 
 FIT_MARGIN = 0.92  # share of the time limit the first plan, from a few timed steps, fills
-REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.8  # a fitted run re-plans at 10%, 20%, ..., 80% of its time limit
+REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.9  # a fitted run re-plans at 10%, 20%, ..., 90% of its time limit
 PLAN_END = 0.98  # where the re-plans aim the last step: a little room for the last chunk and the final save
 
 
