@@ -44,11 +44,13 @@ def _pure_state(trainer) -> dict:
 
 
 class CheckpointManager:
-    """Save every N steps and at the end, keep the last few, restore the newest readable one."""
+    """Save every N steps and at the end, keep the last few (and those at multiples of `keep_every`:
+    notebook 04 samples from them), restore the newest readable one."""
 
-    def __init__(self, directory, keep: int = 3):
+    def __init__(self, directory, keep: int = 3, keep_every: int | None = None):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every, create=True,
+                                               enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:

@@ -64,6 +64,7 @@ class Config:
     log_every: int = 25  # steps per chunk: the host reads the losses once per chunk
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    keep_checkpoints_every: int | None = None  # also keep each checkpoint whose step is a multiple of this
     time_limit_minutes: float | None = None  # stop (and save) after this much training time
     # Time the first steps and set max_steps to what fills the time limit, so that the learning
     # rate decays fully on a slower or faster machine. An explicit max_steps or epochs turns it off.
@@ -86,7 +87,7 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}.")
         for name in ("epochs", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "ema_every", "huber_delta", "min_snr_gamma", "max_steps",
+                     "keep_checkpoints", "keep_checkpoints_every", "ema_every", "huber_delta", "min_snr_gamma", "max_steps",
                      "train_limit", "time_limit_minutes"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
@@ -156,6 +157,7 @@ PRESETS: dict[str, Config] = {
                          attention_resolutions=(8,), activation="gelu", time_embedding_dim=128),
         epochs=50, batch_size=256, learning_rate=1e-4, warmup_steps=500, weight_decay=1e-5,
         grad_clip=1.0, ema_decay=0.9999, ema_every=10, sample_steps=100, log_every=50, checkpoint_every=1000,
+        keep_checkpoints_every=2000,
     ),
     # Two CPU cores, 20 minutes: a narrow UNet on 2x2 patches, batch 32, v-prediction with min-SNR, a short
     # EMA; DPM-Solver++(2M) SDE with 50 steps and autoguidance (100 network evaluations per sample).
@@ -168,6 +170,7 @@ PRESETS: dict[str, Config] = {
         prediction="v", loss="mse", loss_weighting="min_snr", weight_decay=0.0, ema_decay=0.999, ema_every=1,
         sampler="dpmpp_2m_sde", sample_steps=50, eta=1.0, num_samples=1000, log_every=50, checkpoint_every=500,
         time_limit_minutes=20.0, fit_steps_to_time=True, guide_fraction=0.15, autoguidance_scale=2.25,
+        keep_checkpoints_every=2000,
     ),
     # Seconds: CI and notebook smoke runs.
     "tiny": Config(
@@ -176,7 +179,7 @@ PRESETS: dict[str, Config] = {
                          activation="silu", time_embedding_dim=16, max_norm_groups=4, num_heads=1),
         train_limit=512, epochs=1, max_steps=8, batch_size=32, learning_rate=1e-3, warmup_steps=2,
         weight_decay=0.0, ema_decay=0.99, ema_every=1, num_timesteps=100, sample_steps=5,
-        num_samples=16, log_every=4, checkpoint_every=4, keep_checkpoints=2, guide_fraction=0.5,
+        num_samples=16, log_every=4, checkpoint_every=4, keep_checkpoints=2, keep_checkpoints_every=4, guide_fraction=0.5,
         autoguidance_scale=2.0,
     ),
 }

@@ -84,8 +84,9 @@ def plot_training_curve(history: dict, title: str = "Diffusion training (warmup 
     return _save(fig, path)
 
 
-def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Reverse process"):
-    """Rows: samples; columns: x_t at `num_frames` evenly spaced steps of a sampler's trajectory."""
+def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Reverse process", at: str = "t_prev"):
+    """Rows: samples; columns: `num_frames` evenly spaced steps of a sampler's trajectory, labelled with
+    the step's t_prev (the x_t a step produces) or, with `at="t"`, its t (the x0_hat it estimated there)."""
     xs = np.asarray(xs)
     idx = np.unique(np.linspace(0, len(xs) - 1, num_frames).round().astype(int))
     n = xs.shape[1]
@@ -94,7 +95,7 @@ def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Re
         for i in range(n):
             axes[i, j].imshow(from_model_range(xs[k, i])[..., 0], cmap="gray", vmin=0, vmax=1)
             axes[i, j].axis("off")
-        axes[0, j].set_title(f"t={int(pairs[k][1])}", fontsize=8)
+        axes[0, j].set_title(f"t={int(pairs[k][0 if at == 't' else 1])}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -118,7 +118,8 @@ def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, r
                            log=print) -> float:
     """`trainer.fit` (re-planned as it goes with `replan`) with a checkpoint every `checkpoint_every` steps,
     written in the background, on Ctrl-C and at the end; returns the training time in seconds."""
-    ckpt = CheckpointManager(out / "checkpoints", keep=trainer.cfg.keep_checkpoints)
+    ckpt = CheckpointManager(out / "checkpoints", keep=trainer.cfg.keep_checkpoints,
+                             keep_every=trainer.cfg.keep_checkpoints_every)
     last_saved = [trainer.step]
 
     def save(tr):

@@ -170,3 +170,32 @@ tutorial.show(fig, "shuffled_batch")
 #   `<data_dir>/downloads/manual/mnist/`, with a clear message when neither is there.
 # - Model range: [-1, 1], padded to 32x32 with the background value -1.
 # - The dataset lives on the device; the batch of step *s* is a pure function of (seed, *s*).
+
+# %% [markdown]
+# ## Exercises
+#
+# Each runs in seconds; the solutions are in collapsed cells (click to expand).
+#
+# 1. Which digit uses the most ink? Compute the mean pixel value (in [0, 1]) of each class.
+# 2. With batch 32 (the `cpu` preset), how many batches make an epoch, and how many real images
+#    does the last one hold?
+# 3. Show that the order of an epoch depends only on (seed, epoch): call `epoch_order` twice with
+#    the same arguments, then with the next epoch.
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: the mean of each class's images; the printed ranking answers it.
+ink = {digit: float(train_images[train_labels == digit].mean()) / 255 for digit in range(10)}
+print("mean pixel value per class:", {d: round(v, 3) for d, v in ink.items()})
+print("most ink:", max(ink, key=ink.get), "- least:", min(ink, key=ink.get))
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: ceil(n / 32) batches; the last one is padded and masked.
+spe_32 = data.steps_per_epoch(n, 32)
+_, last_mask = data.batch_slice(data.epoch_order(key, 0, n, 32), spe_32 - 1, n, 32)
+print(f"batch 32: {spe_32:,} batches per epoch; the last holds {int(last_mask.sum())} real images")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3: a pure function of its arguments; the next epoch is another permutation.
+same = np.array_equal(data.epoch_order(key, 0, n, batch_size), data.epoch_order(key, 0, n, batch_size))
+other = np.array_equal(data.epoch_order(key, 0, n, batch_size), data.epoch_order(key, 1, n, batch_size))
+print(f"same (seed, epoch) -> same order: {same}; next epoch -> same order: {other}")

@@ -154,3 +154,37 @@ print(f"sqrt(alpha_bar) = {float(jnp.sqrt(cosine.alpha_bars[t_check])):.4f} "
 # - The cosine schedule keeps the digit recognisable for longer and spends its timesteps evenly in
 #   log-SNR; it is the default here, as in the reference tutorial.
 # - Notebook 06 trains one model per schedule at equal compute and compares their samples.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each runs in seconds; the solutions are in collapsed cells (click to expand).
+#
+# 1. At which timestep does each schedule's SNR cross 1, where signal and noise are equally strong?
+#    What share of the 1,000 timesteps lies on the noisy side of it?
+# 2. The `tiny` preset uses $T = 100$. Plot the cosine schedule's $\bar\alpha$ for $T$ = 100 and
+#    1,000 against $t / T$: does the shorter schedule remove the signal at the same pace?
+# 3. Make section 3's strip for another digit, with the linear schedule, at t = 0, 100, ..., 500.
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: the first t where SNR(t) < 1.
+for s in (linear, cosine):
+    crossing = int(np.argmax(np.asarray(s.snr()) < 1.0))
+    print(f"{s.kind:6s}: SNR < 1 from t = {crossing}, {(T - crossing) / T:.0%} of the timesteps on the noisy side")
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: the cosine schedule is defined on t / T, so both curves (nearly) coincide.
+fig, ax = plt.subplots(figsize=(6, 3))
+for steps in (100, 1000):
+    s = NoiseSchedule.cosine(steps)
+    ax.plot(np.arange(steps) / steps, np.asarray(s.alpha_bars), label=f"T = {steps}")
+ax.set(xlabel="t / T", ylabel=r"$\bar\alpha_t$")
+ax.legend()
+fig.tight_layout()
+tutorial.show(fig, "exercise_alpha_bar_t_over_T")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3: another test digit, the linear schedule.
+fig = plot_forward_strip(data.to_model_range(jnp.asarray(images[1:2])), linear, [0, 100, 200, 300, 400, 500],
+                         jax.random.key(3), title="q(x_t | x_0), linear schedule, another digit")
+tutorial.show(fig, "exercise_forward_strip")

@@ -105,6 +105,9 @@ def shape_trace(abstract_model, batch_size=2):
     def forward(state, x, t):
         model = nnx.merge(graphdef, state)
         emb = model.embed(t, None, batch_size)
+        if model.cfg.patch_size > 1:
+            rows.append((f"space-to-depth ({model.cfg.patch_size}x{model.cfg.patch_size} patches)",
+                         space_to_depth(x, model.cfg.patch_size).shape))
         h = model.conv_in(space_to_depth(x, model.cfg.patch_size))
         rows.append(("conv_in", h.shape))
         skips = [h]
@@ -125,7 +128,7 @@ def shape_trace(abstract_model, batch_size=2):
             else:
                 h = layer(h)
                 rows.append((f"up {type(layer).__name__}", h.shape))
-        rows.append(("output", model(x, t).shape))
+        rows.append(("output" + (" (depth-to-space)" if model.cfg.patch_size > 1 else ""), model(x, t).shape))
 
     x = jax.ShapeDtypeStruct((batch_size, 32, 32, 1), jnp.float32)
     jax.eval_shape(forward, state, x, jax.ShapeDtypeStruct((batch_size,), jnp.int32))
@@ -140,17 +143,67 @@ for name, shape in shape_trace(paper):
 # %% [markdown]
 # 32x32 goes down to 8x8 and back; the channels grow from 64 to 256 as the image shrinks, so each
 # level does a similar amount of work. The output has exactly the input's shape: one predicted
-# noise value per pixel. The final conv is **initialised to zero**, so an untrained model predicts
-# no noise at all and training starts from a calm loss of about 1.
+# value per pixel (the noise $\varepsilon$ for this preset, $v$ for `cpu`; notebook 04). The final
+# conv is **initialised to zero**, so an untrained model predicts zeros and training starts from a
+# calm loss of about 1 (the target has unit variance).
+#
+# The same structure as a picture, for the `cpu` preset's model (left: down, right: up, dashed:
+# the skips; each box is one resolution level, with its feature-map size and channels):
+
+# %%
+def draw_unet(c: UNetConfig):
+    """A box per level of the U (down left, up right), the middle at the bottom, skips dashed."""
+    levels = list(zip(c.resolutions, c.channels))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 1.1 * len(levels)))
+    for i, (res, ch) in enumerate(levels):
+        attn = " + attention" if res in c.attention_resolutions else ""
+        for x, side, blocks in ((0.0, "down", c.num_res_blocks), (6.0, "up", c.num_res_blocks + 1)):
+            ax.add_patch(plt.Rectangle((x, -i - 0.35), 3, 0.7, fc="#dbe4f7" if side == "down" else "#f7e3d3", ec="k"))
+            ax.text(x + 1.5, -i, f"{res}x{res}, {ch} channels\n{blocks} ResBlock{'s' * (blocks > 1)}{attn}",
+                    ha="center", va="center", fontsize=8)
+        ax.annotate("", (6.0, -i), (3.0, -i), arrowprops=dict(arrowstyle="->", ls="--", color="gray"))
+        if i + 1 < len(levels):
+            ax.annotate("", (1.5, -i - 0.65), (1.5, -i - 0.35), arrowprops=dict(arrowstyle="->"))
+            ax.annotate("", (7.5, -i - 0.35), (7.5, -i - 0.65), arrowprops=dict(arrowstyle="->"))
+    bottom = len(levels)
+    ax.add_patch(plt.Rectangle((3.0, -bottom - 0.35), 3, 0.7, fc="#e3f0d8", ec="k"))
+    ax.text(4.5, -bottom, f"middle: ResBlock, attention, ResBlock\n{levels[-1][0]}x{levels[-1][0]}, "
+            f"{levels[-1][1]} channels", ha="center", va="center", fontsize=8)
+    ax.annotate("", (3.0, -bottom), (1.5, -bottom + 0.65), arrowprops=dict(arrowstyle="->"))
+    ax.annotate("", (7.5, -bottom + 0.65), (6.0, -bottom), arrowprops=dict(arrowstyle="->"))
+    patch = f", {c.patch_size}x{c.patch_size} patches" if c.patch_size > 1 else ""
+    ax.text(1.5, 0.75, f"x_t (32x32x1{patch}) + t", ha="center", fontsize=9)
+    ax.text(7.5, 0.75, "prediction (32x32x1)", ha="center", fontsize=9)
+    ax.set(xlim=(-0.5, 9.5), ylim=(-bottom - 0.8, 1.1))
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+tutorial.show(draw_unet(PRESETS["cpu"].model), "unet_diagram")
+
+# %% [markdown]
+# Each level halves the feature map and doubles the channels on the way down; the up side mirrors
+# it, each level with one block more, because it also consumes the skip of the downsampling conv.
+# The `cpu` model's real shape trace, with its 2x2 patches folded into channels first:
+
+# %%
+cpu_model = nnx.eval_shape(lambda: create_unet(PRESETS["cpu"].model, seed=0))
+for name, shape in shape_trace(cpu_model):
+    print(f"{name:48s} {shape}")
+
+# %% [markdown]
+# The trace starts with space-to-depth: 32x32x1 becomes 16x16x4, so the three levels work at
+# 16x16, 8x8 and 4x4, and the last layer unfolds the 4 channels back into 32x32x1.
 #
 # ## 5. Parameter counts per preset
 #
 # The `cpu` preset needs a model that learns in 20 minutes on two cores. It first folds each 2x2
-# patch of pixels into channels (**space-to-depth**): 32x32x1 becomes 16x16x4, and the UNet works
-# at 16x16, 8x8 and 4x4, where convolutions are about 4x cheaper per image. The final layer unfolds
-# the channels back into pixels. Vision Transformers and latent diffusion models make the same
-# trade. It is also narrow (16/32/64 channels): at a budget of minutes, a small model that takes
-# more steps beats a wider one (notebook 06 and the README's measurements).
+# patch of pixels into channels (**space-to-depth**), as the trace above shows, so its
+# convolutions run on a quarter of the positions: about 4x cheaper per image. Vision Transformers
+# and latent diffusion models make the same trade. It is also narrow (16/32/64 channels): at a
+# budget of minutes, a small model that takes more steps beats a wider one (notebook 06 and the
+# docs' Results page).
 
 # %%
 rows = []
@@ -180,3 +233,32 @@ print(f"{PRESET} model: {x.shape} -> {out.shape}; untrained output is all zeros:
 # - Attention only at low resolution, where it is cheap; skips carry detail across the U.
 # - `UNetConfig` holds every choice (channels, blocks, attention, activation, dropout, time
 #   embedding, patch size); notebook 06 compares a small and a large model at equal compute.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each runs in seconds; the solutions are in collapsed cells (click to expand).
+#
+# 1. How many parameters would the `cpu` model have with two residual blocks per level, and with
+#    4x4 patches? Which of the two changes the parameter count more, and why?
+# 2. Trace the `cpu` model's shapes with `patch_size=4`. At what feature-map sizes does it work,
+#    and where would its attention (at 4x4) now sit?
+# 3. Self-attention over $n$ positions compares every pair: how many pairs at 4x4, 8x8, 16x16
+#    and 32x32?
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: more blocks add convolutions (parameters); bigger patches change almost nothing but
+# the first and last layers, since a conv's parameters do not depend on the feature-map size.
+for change in ({}, {"num_res_blocks": 2}, {"patch_size": 4}):
+    c = get_config("cpu", **change)
+    print(f"cpu {change or '(as it is)'}: {count_params(nnx.eval_shape(lambda: create_unet(c.model, seed=0))):,} parameters")
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: 32x32 folded into 8x8x16, then 8x8, 4x4, 2x2; attention at 4x4 is now the middle level.
+for name, shape in shape_trace(nnx.eval_shape(lambda: create_unet(get_config("cpu", patch_size=4).model, seed=0))):
+    print(f"{name:48s} {shape}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3: (positions)^2 pairs, so each doubling of the side costs 16x.
+for side in (4, 8, 16, 32):
+    print(f"{side}x{side}: {side * side:5d} positions, {(side * side) ** 2:>9,} pairs")

@@ -15,14 +15,16 @@
 # This is the heart of the collection: the complete training run of the reference tutorial, step
 # by step, in JAX, Flax NNX and optax. We set up the configuration, data and model, build the
 # optimiser (AdamW with warmup + cosine decay and gradient clipping), the loss and the EMA of the
-# weights, compile the train step, train with a progress bar, and finally draw digits with DDIM
-# from the EMA weights.
+# weights, read the train step line by line, run it in a short loop of our own, then hand the long
+# run to the `Trainer` and look at what it learned: the loss curve, the loss per noise level, and
+# digits drawn at checkpoints along the way.
 #
 # The run is saved to `runs/tutorial-<preset>/` with checkpoints; notebooks 05-08 reuse it. On a
 # GPU the `paper` preset runs the reference's full 50 epochs; on a laptop CPU the `cpu` preset
 # trains a smaller model for at most 20 minutes.
 
 # %%
+import inspect
 import json
 import time
 
@@ -31,15 +33,18 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 import helpers  # noqa: F401  (sets TF/JAX GPU-memory variables first)
 import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
+from helpers.checkpoints import CheckpointManager, load_run
 from helpers.config import PRESETS, get_config
-from helpers.losses import per_example_loss
+from helpers.losses import loss_weights, per_example_loss, prediction_target
 from helpers.plotting import plot_samples, plot_training_curve
 from helpers.schedules import NoiseSchedule
-from helpers.training import EMA, compiled_train_step, ema_decay_at, make_lr_schedule, make_optimizer
+from helpers.training import (EMA, compiled_train_step, ema_decay_at, make_lr_schedule, make_optimizer,
+                              train_step)
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("04_train_ddpm")
@@ -59,18 +64,53 @@ print(json.dumps({k: v for k, v in json.loads(cfg.to_json()).items() if k != "mo
 print("model:", cfg.model)
 
 # %% [markdown]
-# How the `cpu` preset differs from the reference, and why (each choice was measured; README,
-# "The cpu preset"):
+# What the `cpu` preset changes from the reference, and why. Each choice was measured at equal
+# training time on two CPU cores (the docs' Results page, "How the preset was chosen"); the values
+# are read from the presets themselves.
 
 # %%
-paper, cpu = json.loads(PRESETS["paper"].to_json()), json.loads(PRESETS["cpu"].to_json())
-for k in paper:
-    if k == "model":
-        for mk in paper["model"]:
-            if paper["model"][mk] != cpu["model"][mk]:
-                print(f"  model.{mk:22s} paper {paper['model'][mk]!s:18s} cpu {cpu['model'][mk]}")
-    elif paper[k] != cpu[k] and k != "preset":
-        print(f"  {k:28s} paper {paper[k]!s:18s} cpu {cpu[k]}")
+WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
+    "model.hidden_dims": "a narrower UNet runs several times the images/s, so it sees more epochs in 20 minutes",
+    "model.channel_mult": "(the cpu preset gives its widths directly)",
+    "model.patch_size": "2x2 patches (space-to-depth): each step about 4x cheaper on a CPU",
+    "model.num_res_blocks": "a second block per level costs more per step than it returns in 20 minutes",
+    "model.attention_resolutions": "attention only on the coarsest grid (4x4 patches = 8x8 pixels)",
+    "model.activation": "SiLU: cheaper than GELU's tanh on a CPU, no worse here",
+    "model.time_embedding_dim": "scaled down with the widths",
+    "model.max_norm_groups": "GroupNorm groups scaled down with the widths",
+    "epochs": "the run is limited by time, not epochs (see time_limit_minutes)",
+    "max_steps": "the plan before the run times itself (fit_steps_to_time)",
+    "batch_size": "more, smaller steps in a fixed time",
+    "learning_rate": "a short run needs larger steps; clipping keeps them stable",
+    "warmup_steps": "a shorter run, a shorter warm-up",
+    "prediction": "v-prediction (section 6): better digits at equal time than epsilon",
+    "loss": "MSE with min-SNR weighting (section 6) instead of Huber",
+    "loss_weighting": "min-SNR-5 (section 6)",
+    "weight_decay": "no regularisation needed in a run this short",
+    "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
+    "ema_every": "(with ema_decay)",
+    "sampler": "DPM-Solver++(2M) SDE: half DDIM-100's network evaluations at equal quality (notebook 05)",
+    "sample_steps": "(with sampler)",
+    "eta": "stochastic sampling suits a briefly trained model (notebook 05)",
+    "num_samples": "1,000 samples for the scores of notebook 08",
+    "checkpoint_every": "a checkpoint every minute or so of a 20-minute run",
+    "time_limit_minutes": "the budget: 20 minutes of training",
+    "fit_steps_to_time": "time the machine, then plan the steps that fill the budget (section 9)",
+    "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 9)",
+    "autoguidance_scale": "extrapolate away from the guide when sampling (section 11, notebook 05)",
+}
+
+
+def flat_config(c) -> dict:
+    d = json.loads(c.to_json())
+    return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
+
+
+paper, cpu = flat_config(PRESETS["paper"]), flat_config(PRESETS["cpu"])
+changed = [k for k in paper if paper[k] != cpu[k] and k != "preset"]
+print(f"{'field':28s} {'paper':>16s} {'cpu':>16s}  why")
+for k in changed:
+    print(f"{k:28s} {paper[k]!s:>16s} {cpu[k]!s:>16s}  {WHY_CPU_DIFFERS.get(k, '')}")
 
 # %% [markdown]
 # ## 2. Data on the device
@@ -80,8 +120,10 @@ for k in paper:
 
 # %%
 images, labels = data.load_split(cfg.dataset, "train", limit=cfg.train_limit)
-print(f"{len(images):,} training images; {data.steps_per_epoch(len(images), cfg.batch_size):,} steps per "
-      f"epoch at batch {cfg.batch_size}; the preset's plan: {cfg.total_steps(len(images)):,} steps")
+images_d = jax.device_put(images)
+steps_per_epoch = data.steps_per_epoch(len(images), cfg.batch_size)
+print(f"{len(images):,} training images; {steps_per_epoch:,} steps per epoch at batch {cfg.batch_size}; "
+      f"the preset's plan: {cfg.total_steps(len(images)):,} steps")
 if cfg.fit_steps_to_time:
     print(f"fit_steps_to_time: the run times its first steps and sets its number of steps to what fills "
           f"{cfg.time_limit_minutes:g} minutes on this machine")
@@ -102,26 +144,18 @@ print(f"UNet {cfg.model.channels}: {count_params(model):,} parameters")
 # freshly initialised network are unstable), then follows half a cosine down to 1% of the peak at
 # the last step. `optax.warmup_cosine_decay_schedule` counts the warmup inside `decay_steps`, so
 # `decay_steps` is the run's total number of steps. (The reference's comment says warmup "over
-# 1000 steps" while its code uses 500; we use 500.)
+# 1000 steps" while its code uses 500; the `paper` preset uses 500.)
 
 # %%
-def plot_lr_schedule(lr_schedule, total_steps: int, title: str = "Learning rate: warmup + cosine decay"):
-    """The learning rate at every step of a run."""
-    steps = np.arange(total_steps)
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(steps, np.asarray(lr_schedule(steps)), color="tab:orange")
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 total_steps = cfg.total_steps(len(images))
 lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.end_lr_fraction)
-fig = plot_lr_schedule(lr_schedule, total_steps, title=f"{PRESET}: warmup {cfg.warmup_steps} steps, "
-                       f"cosine decay to {cfg.end_lr_fraction:.0%} of {cfg.learning_rate:g}")
+steps = np.arange(total_steps)
+fig, ax = plt.subplots(figsize=(8, 3))
+ax.plot(steps, np.asarray(lr_schedule(steps)), color="tab:orange")
+ax.set(xlabel="step", ylabel="learning rate",
+       title=f"{PRESET}: warmup {cfg.warmup_steps} steps, cosine decay to {cfg.end_lr_fraction:.0%} of {cfg.learning_rate:g}")
+ax.grid(True, alpha=0.3)
+fig.tight_layout()
 tutorial.show(fig, "lr_schedule")
 
 # %% [markdown]
@@ -149,19 +183,58 @@ print(f"optimiser state: {moments:,} numbers (AdamW keeps two moments per parame
 # %% [markdown]
 # ## 6. The loss: what the network predicts and how errors count
 #
-# The network predicts the noise $\varepsilon$ (`prediction="epsilon"`, Ho et al. 2020) and the
-# reference measures the error with the **Huber** loss: quadratic for small errors, linear for large
-# ones, so a few very wrong pixels do not dominate the gradient. Our `cpu` preset uses plain MSE
-# with **min-SNR weighting** (Hang et al. 2023), which down-weights the nearly-clean timesteps
-# whose noise is hard to see and easy to over-fit; notebook 06 compares both at equal compute.
+# Training draws a clean image $x_0$, a timestep $t$ and noise $\varepsilon \sim \mathcal N(0, I)$,
+# and makes $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ (notebook 02).
+# What should the network output? Three choices carry the same information:
+#
+# - **$\varepsilon$-prediction** (Ho et al. 2020, the reference and the `paper` preset): the noise.
+#   The clean image then follows as $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) /
+#   \sqrt{\bar\alpha_t}$, which divides by $\sqrt{\bar\alpha_t} \approx 0$ at the noisiest steps:
+#   there a small error in $\hat\varepsilon$ becomes a large error in $\hat x_0$.
+# - **$v$-prediction** (Salimans & Ho 2022, "Progressive distillation", sec. 4; the `cpu` preset):
+#   the velocity $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$, a mix that is
+#   mostly noise at small $t$ and mostly image at large $t$. Both quantities follow without any
+#   division: $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$ and
+#   $\hat\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,\hat v$
+#   (`helpers.losses.to_x0_and_eps`), so every sampler works with it unchanged.
+# - **$x_0$-prediction**: the clean image itself (`prediction="x0"`).
+#
+# How errors count. The reference measures the error with the **Huber** loss (quadratic for small
+# errors, linear for large ones, so a few very wrong pixels do not dominate the gradient). The
+# `cpu` preset uses plain MSE with **min-SNR-$\gamma$ weighting** (Hang et al. 2023, "Efficient
+# diffusion training via min-SNR weighting strategy", eq. 9): with the signal-to-noise ratio
+# $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$, each example's error on $x_0$ is weighted by
+# $\min(\mathrm{SNR}(t), \gamma)$, $\gamma = 5$. Nearly clean images (huge SNR) then stop
+# dominating the loss: their noise is almost invisible, easy to over-fit and matters little for
+# samples. Since $x_0 - \hat x_0 = \sqrt{1-\bar\alpha_t}\,(\hat v - v)$, the same weight on the $v$
+# error is $\min(\mathrm{SNR}, \gamma) / (\mathrm{SNR} + 1)$:
+
+# %%
+schedule = NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+t_all = jnp.arange(cfg.num_timesteps)
+fig, ax = plt.subplots(figsize=(7, 3))
+for prediction in ("epsilon", "v", "x0"):
+    ax.plot(t_all, loss_weights("min_snr", prediction, schedule, t_all, cfg.min_snr_gamma),
+            label=f"on the {prediction} error" + (" (cpu preset)" if prediction == cfg.prediction else ""))
+ax.set(xlabel="timestep t", ylabel="weight", yscale="log",
+       title=f"min-SNR-{cfg.min_snr_gamma:g} weights, {cfg.schedule} schedule")
+ax.legend()
+ax.grid(True, alpha=0.3)
+fig.tight_layout()
+tutorial.show(fig, "min_snr_weights")
+
+# %% [markdown]
+# On the $v$ error (orange) the weight is $\gamma/(\gamma+1)$ at small $t$, where the SNR is above
+# $\gamma$, and falls towards 0 at large $t$, where the SNR does: the network is told that the
+# last, noisiest steps need least precision, since the sampler's later steps correct them. (Notebook
+# 06 compares Huber, MSE and min-SNR at equal compute.) The two loss shapes:
 
 # %%
 err = jnp.linspace(-3, 3, 121)[:, None, None, None]
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(err[:, 0, 0, 0], per_example_loss("mse", err, jnp.zeros_like(err)), label="MSE (squared error)")
 ax.plot(err[:, 0, 0, 0], per_example_loss("huber", err, jnp.zeros_like(err), 1.0), label="Huber, delta = 1")
-ax.set_xlabel("prediction error")
-ax.set_ylabel("loss")
+ax.set(xlabel="prediction error", ylabel="loss")
 ax.legend()
 ax.grid(True, alpha=0.3)
 fig.tight_layout()
@@ -172,23 +245,21 @@ tutorial.show(fig, "huber_vs_mse")
 #
 # ## 7. EMA of the weights
 #
-# Samples come from an exponential moving average of the weights, which smooths out the noise of
-# the last optimiser steps. The reference uses decay 0.9999 updated every 10 steps, but its run
-# has only ~11.7k steps, i.e. 1,170 EMA updates: $0.9999^{1170} = 0.89$, so **89% of the average
-# would still be the random initial weights** and its samples would be noise. We use the standard
-# warm-up, $d_n = \min(d, (1 + n) / (10 + n))$, which averages over the recent past at any run
-# length:
+# Samples come from an exponential moving average of the weights,
+# $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after each optimiser step, which smooths out the
+# noise of the last updates. The
+# reference uses $d = 0.9999$ every 10 steps, but its run has only ~11.7k steps, i.e. 1,170 EMA
+# updates: $0.9999^{1170} = 0.89$, so **89% of the average would still be the random initial
+# weights** and its samples would be noise. We use the standard warm-up, $d_n = \min(d, (1 + n) /
+# (10 + n))$ after $n$ updates, which averages over the recent past at any run length:
 
 # %%
 n = np.arange(1, 12_000)
 fig, ax = plt.subplots(figsize=(7, 3))
 for warm in (False, True):
     d = np.broadcast_to(np.asarray(ema_decay_at(0.9999, n, warm)), n.shape)
-    init_share = np.cumprod(d)  # weight the average still gives the initial parameters
-    ax.plot(n, init_share, label=f"decay 0.9999 {'with' if warm else 'without'} warm-up")
-ax.set_xlabel("EMA updates")
-ax.set_ylabel("share of initial weights")
-ax.set_yscale("log")
+    ax.plot(n, np.cumprod(d), label=f"decay 0.9999 {'with' if warm else 'without'} warm-up")
+ax.set(xlabel="EMA updates", ylabel="share of initial weights", yscale="log")
 ax.legend()
 ax.grid(True, alpha=0.3)
 fig.tight_layout()
@@ -196,25 +267,55 @@ tutorial.show(fig, "ema_warmup")
 
 # %% [markdown]
 # Without warm-up (blue) the initial weights still make up most of the average after a thousand
-# updates; with warm-up (orange) their share falls below 1% within the first hundred.
+# updates; with warm-up (orange) their share falls below 1% within the first hundred. With warm-up
+# the decay a run actually reaches is set by its length: after $n$ updates it is
+# $\min(d, (1+n)/(10+n))$, and the average then spans about $1/(1-d_n)$ updates. For each preset's
+# planned length (the `cpu` run re-plans its length, and prints its own figure after training):
 
 # %%
+def ema_reach(c, steps: int) -> str:
+    updates = steps // c.ema_every
+    d = float(ema_decay_at(c.ema_decay, updates, c.ema_warmup))
+    return (f"{updates:,} updates of every {c.ema_every} step(s): decay {d:.4f} at the last one, "
+            f"an average over the last ~{c.ema_every / (1 - d):,.0f} steps")
+
+
+for name in ("paper", "cpu"):
+    c = PRESETS[name]
+    planned = c.total_steps(60_000)
+    print(f"{name:6s} ({planned:,} planned steps, ema_decay {c.ema_decay}): {ema_reach(c, planned)}")
 ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
 
 # %% [markdown]
-# ## 8. The train step, compiled
+# ## 8. The train step
 #
-# One step of DDPM training (Ho et al. 2020, algorithm 1): draw $t \sim U\{0..T-1\}$ and
-# $\varepsilon \sim \mathcal N(0, I)$, make $x_t$ with `q_sample`, predict, take the weighted loss,
-# one AdamW update, one EMA update. `helpers.training.train_step` is written the NNX way (the model,
-# optimiser and EMA are updated in place). `compiled_train_step` compiles it once with `jax.jit`
-# over the modules' pure state (`nnx.split` / `nnx.merge` around the step): `nnx.jit` would walk
-# the whole module graph in Python on every call. The first call compiles (seconds), later calls
-# only run. `data.get_batch` gathers each batch on the device from the epoch's order.
+# One step of DDPM training (Ho et al. 2020, algorithm 1) with the target and weighting above. This
+# is `helpers.training.train_step`, the function every run of the collection trains with:
 
 # %%
-schedule = NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-images_d = jax.device_put(images)
+print(inspect.getsource(train_step))
+
+# %% [markdown]
+# Line by line:
+#
+# 1. Split the step's key three ways, then draw $t \sim U\{0, \dots, T-1\}$ for each image and
+#    $\varepsilon \sim \mathcal N(0, I)$.
+# 2. `q_sample` makes $x_t$ in closed form (notebook 02); `prediction_target` is $v$ here (or
+#    $\varepsilon$, $x_0$), `loss_weights` the min-SNR weight of each example.
+# 3. A class-conditional model (notebook 07) replaces some labels by "no label".
+# 4. `loss_fn` runs the network and averages the weighted per-image errors; `mask` drops the
+#    padding of an epoch's short last batch.
+# 5. `nnx.value_and_grad` gives the loss and its gradient with respect to the model's parameters;
+#    `optimizer.update` applies clipping + AdamW at this step's learning rate, in place.
+# 6. `ema.update` moves the average towards the new weights.
+#
+# The modules are updated in place, the NNX way. `compiled_train_step` compiles this function once
+# with `jax.jit` over the modules' pure state (`nnx.split` before, `nnx.merge` inside), and donates
+# that state so XLA updates the buffers in place; `nnx.jit` would walk the whole module graph in
+# Python on every call, which costs more than a small model's step. The first call compiles, later
+# calls only run:
+
+# %%
 order = data.epoch_order(jax.random.key(0), 0, len(images), cfg.batch_size)
 graphdef, state = nnx.split((model, optimizer, ema))
 for s in range(3):
@@ -225,28 +326,69 @@ for s in range(3):
     loss = float(metrics["loss"])
     print(f"step {s}: loss {loss:.4f}, grad norm {float(metrics['grad_norm']):.3f}, "
           f"{time.perf_counter() - t0:.2f} s{' (includes compilation)' if s == 0 else ''}")
-nnx.update((model, optimizer, ema), state)
 
 # %% [markdown]
-# ## 9. The training loop
+# ## 9. A training loop of our own
 #
-# `helpers.runs.train_run` runs the same step in a `Trainer`: it dispatches the steps back to back
-# without waiting for results (JAX dispatch is asynchronous), reads the losses once per chunk of
-# `log_every` steps, shows a progress bar with loss and learning rate, saves orbax checkpoints
-# every `checkpoint_every` steps, stops with a clear message on a NaN loss, and writes the run
-# folder. If this notebook is stopped, run the cell again: it resumes from the last checkpoint.
-# (From a terminal: `python scripts/train.py --preset cpu`.)
+# Now a few hundred steps in a plain loop. Two details make it fast: the loop never waits for a
+# step's result (JAX dispatches the next step while the previous one runs), and the losses stay on
+# the device until the end of each chunk, when one `np.asarray` reads them all. Reading `float(loss)`
+# after every step would make Python wait for each step in turn.
+
+# %%
+LOOP_STEPS, CHUNK = (200, 50) if PRESET != "tiny" else (8, 4)
+data_key, step_key = jax.random.split(jax.random.key(cfg.seed))
+
+
+def train_loop(graphdef, state, learning_rate, first_step: int, num_steps: int):
+    """`num_steps` train steps from `first_step`; returns the new state and the losses."""
+    losses = []
+    with tqdm(total=num_steps, desc="our loop", unit="step") as bar:
+        for start in range(first_step, first_step + num_steps, CHUNK):
+            chunk = []
+            for s in range(start, start + CHUNK):
+                if s % steps_per_epoch == 0 or s == start:  # the epoch's order of the images
+                    order = data.epoch_order(data_key, s // steps_per_epoch, len(images), cfg.batch_size)
+                x0, _, mask = data.get_batch(images_d, None, order, s % steps_per_epoch, cfg.batch_size)
+                state, metrics = compiled_train_step(graphdef, state, schedule, x0, None, mask,
+                                                     jax.random.fold_in(step_key, s), learning_rate(s), cfg=cfg)
+                chunk.append(metrics["loss"])  # still on the device: no waiting
+            losses += np.asarray(jnp.stack(chunk)).tolist()  # the one read per chunk
+            bar.update(CHUNK)
+            bar.set_postfix(loss=f"{np.mean(losses[-CHUNK:]):.4f}")
+    return state, losses
+
+
+t0 = time.perf_counter()
+state, loop_losses = train_loop(graphdef, state, lr_schedule, first_step=3, num_steps=LOOP_STEPS)
+nnx.update((model, optimizer, ema), state)
+seconds = time.perf_counter() - t0
+print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / seconds:.0f} images/s); mean loss of "
+      f"the first chunk {np.mean(loop_losses[:CHUNK]):.4f}, of the last {np.mean(loop_losses[-CHUNK:]):.4f}")
+
+# %% [markdown]
+# The printed means show the loss falling within the first few hundred steps (the learning rate is
+# still warming up). That loop is all of training; the rest is bookkeeping.
+#
+# ## 10. The full run
+#
+# `helpers.runs.train_run` runs the same `compiled_train_step` in a `Trainer`: chunks of `log_every`
+# steps with one host read each, a progress bar, the epoch's mean loss at the end of each epoch,
+# orbax checkpoints every `checkpoint_every` steps (written in the background), a clear stop at a NaN
+# loss, and the run folder. If this notebook is stopped, run the cell again: it resumes from the
+# last checkpoint. (From a terminal: `python scripts/train.py --preset cpu`.)
 #
 # The `cpu` preset sets `fit_steps_to_time`: before training, the run times a few compiled steps
-# and sets `max_steps` to what fills 92% of the 20-minute limit on *this* machine, so the
-# learning rate always finishes its decay (a run cut off by the time limit half-way down the
+# and plans the steps that fill 92% of the 20-minute limit on *this* machine; every 10% of the limit
+# it re-plans the remaining steps from its own measured rate, so that the learning rate finishes its
+# decay just before the limit however the machine's speed changes (a run cut off half-way down the
 # cosine would stop with a high learning rate and rougher samples). The plan is written to the
-# run's `config.json`, so a resumed run keeps it. Set `max_steps` yourself to turn this off.
+# run's `config.json`, so a resumed run keeps it.
 #
 # It also sets `guide_fraction = 0.15`: at 15% of the steps the run copies its EMA weights into a
 # frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
-# (section 11, notebook 05). The copy costs nothing during training and is saved in every later
-# checkpoint.
+# (section 11, notebook 05). And it keeps a checkpoint every 2,000 steps besides the last three
+# (`keep_checkpoints_every`), for section 13.
 
 # %%
 run_dir = tutorial.tutorial_run_dir(PRESET)
@@ -255,9 +397,10 @@ if (run_dir / "summary.json").is_file():
 # train_run(cfg, run_dir) does the work; ensure_run adds "resume if interrupted, reuse if finished"
 cfg_run, trainer, summary = tutorial.ensure_run(run_dir, cfg)
 print(json.dumps(summary, indent=1))
+print(f"this run's EMA: {ema_reach(cfg_run, summary['steps'])}")
 
 # %% [markdown]
-# ## 10. The training curve
+# ## 11. The training curve
 
 # %%
 history = json.loads((run_dir / "history.json").read_text())
@@ -268,29 +411,96 @@ tutorial.show(fig, "training_curve")
 # The loss (blue, log scale; faint: every step, bold: moving average) drops fast in the first few
 # hundred steps, as the network learns to remove most of the noise, then keeps creeping down while
 # the learning rate (orange) rises through the warmup and decays along the cosine. The per-step loss
-# stays noisy because every batch draws new timesteps, and some are much harder than others: a
-# flat-looking average does not mean learning has stopped, the samples keep improving.
+# stays noisy because every batch draws new timesteps, and some are much harder than others. The
+# next figure shows how much harder.
+#
+# ## 12. The loss at each noise level
+#
+# The training loss averages over all $t$. Here the trained EMA model's error on 256 test digits,
+# at 20 timesteps across the range, each with fresh noise: the plain MSE of its $v$ prediction, and
+# the same after the min-SNR weight of section 6, which is what training minimised.
+
+# %%
+test_images, _ = data.load_split(cfg.dataset, "test", limit=256)
+x0_test = data.to_model_range(jax.device_put(test_images[:256]))
+ts = np.linspace(0, cfg_run.num_timesteps - 1, 20).astype(int)
+
+
+def loss_per_timestep(model, c, ts, key) -> np.ndarray:
+    """Rows (unweighted error, weighted error, weight) of `model` on the test digits at each t in `ts`."""
+    schedule = NoiseSchedule.create(c.schedule, c.num_timesteps, c.beta_start, c.beta_end)
+
+    @nnx.jit
+    def at(model, t, key):
+        t_batch = jnp.full((x0_test.shape[0],), t)
+        noise = jax.random.normal(key, x0_test.shape)
+        x_t = schedule.q_sample(x0_test, t_batch, noise)
+        error = per_example_loss("mse", model(x_t, t_batch, None),
+                                 prediction_target(c.prediction, x0_test, noise, schedule, t_batch))
+        weights = loss_weights(c.loss_weighting, c.prediction, schedule, t_batch, c.min_snr_gamma)
+        return jnp.mean(error), jnp.mean(error * weights), weights[0]
+
+    return np.array([[float(v) for v in at(model, int(t), jax.random.fold_in(key, int(t)))] for t in ts])
+
+
+per_t = loss_per_timestep(trainer.ema.model, cfg_run, ts, jax.random.key(3))
+fig, ax = plt.subplots(figsize=(8, 3.2))
+ax.plot(ts, per_t[:, 0], "o-", label=f"MSE of the {cfg_run.prediction} prediction")
+ax.plot(ts, per_t[:, 1], "s-", label=f"weighted ({cfg_run.loss_weighting}), what training minimises")
+ax.set(xlabel="timestep t", ylabel="loss on 256 test digits", yscale="log")
+ax2 = ax.twinx()
+ax2.plot(ts, per_t[:, 2], color="gray", ls=":", label="weight")
+ax2.set_ylabel("weight", color="gray")
+ax.legend(loc="upper center", fontsize=8)
+ax.grid(True, alpha=0.3)
+fig.tight_layout()
+tutorial.show(fig, "loss_per_timestep")
+worst, best = ts[np.argmax(per_t[:, 0])], ts[np.argmin(per_t[:, 0])]
+print(f"unweighted error: highest at t = {worst} ({per_t[:, 0].max():.4f}), lowest at t = {best} "
+      f"({per_t[:, 0].min():.4f}); weighted: highest at t = {ts[np.argmax(per_t[:, 1])]}")
 
 # %% [markdown]
-# ## 11. Digits from noise: DDIM with the EMA weights
+# The error is far from uniform over $t$: the printed extremes show where the network is least and
+# most precise, and the weighted curve (squares) shows which noise levels the training loss is
+# really made of. The dotted weight is what turns the first curve into the second.
+#
+# ## 13. Digits at checkpoints during training
+#
+# The checkpoints kept along the way, each sampled from the same noise with the run's sampler and
+# its EMA weights, without autoguidance (the guide does not exist yet at the first ones): a row per
+# training step.
+
+# %%
+kept = CheckpointManager(run_dir / "checkpoints").steps()
+rows = {}
+for step in kept:
+    _, snapshot = load_run(run_dir, step=step)
+    rows[f"step {step:,}"] = snapshot.sample(jax.random.key(7), 10, autoguidance_scale=1.0)
+fig = tutorial.plot_image_rows(rows, ncols=10, title="the same noise, sampled at each kept checkpoint (EMA weights)")
+tutorial.show(fig, "samples_at_checkpoints")
+
+# %% [markdown]
+# Read the rows top to bottom: the first kept checkpoint already draws digit-like strokes, the
+# middle rows settle which digit each noise seed becomes, and the last rows, trained at a small
+# learning rate, mostly clean up strokes. The same noise makes the same digit in most columns once
+# the model has settled on it.
+#
+# ## 14. Digits from noise: DPM-Solver++ with autoguidance
 #
 # Sampling starts from pure noise $x_T \sim \mathcal N(0, I)$ and applies the trained denoiser
-# step by step. DDIM (Song et al. 2021) takes large steps, so 50-100 network calls suffice instead
-# of DDPM's 1,000. Its $\eta$ sets how much fresh noise each step adds: $\eta = 0$ is
-# deterministic, $\eta = 1$ is DDPM on the shorter subsequence. The `cpu` preset samples with
-# DDIM-100 and $\eta = 1$, which notebook 05 measures to draw clearly better digits from a briefly
-# trained model than the deterministic sampler, and with *autoguidance* (Karras et al. 2024): at
+# step by step; notebook 05 explains the samplers. The `cpu` preset samples with the stochastic
+# DPM-Solver++(2M) (Lu et al. 2022) in 50 steps, and with *autoguidance* (Karras et al. 2024): at
 # every step it also asks the guide (the EMA weights at 15% of training) and extrapolates away
-# from it, $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$ with $w = 2$. Notebook 05 shows
-# what that does to the digits and scores it.
+# from it, $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$ with the $w$ printed below.
+# Notebook 05 shows what that does to the digits and scores it.
 
 # %%
 t0 = time.perf_counter()
 samples = trainer.sample(jax.random.key(2026), 100 if PRESET != "tiny" else 16)  # EMA weights
 samples.block_until_ready()
-print(f"{len(samples)} samples with {cfg_run.sampler.upper()}-{cfg_run.sample_steps} in {time.perf_counter() - t0:.1f} s")
+print(f"{len(samples)} samples with {cfg_run.sampler}-{cfg_run.sample_steps} in {time.perf_counter() - t0:.1f} s")
 guided = f", autoguidance w = {cfg_run.autoguidance_scale:g}" if cfg_run.autoguidance_scale != 1 else ""
-fig = plot_samples(samples, title=f"{cfg_run.sampler.upper()}-{cfg_run.sample_steps} samples, EMA weights, "
+fig = plot_samples(samples, title=f"{cfg_run.sampler}-{cfg_run.sample_steps} samples, EMA weights, "
                    f"step {summary['steps']}{guided}", ncols=10)
 tutorial.show(fig, "samples")
 
@@ -299,9 +509,8 @@ tutorial.show(fig, "samples")
 # see clean, varied digits of all ten classes; notebook 08 measures how clean and how varied, with
 # an independent classifier. The run folder also holds `samples.png` and `samples.npy`
 # (`cfg.num_samples` of them), written at the end of training.
-
 # %% [markdown]
-# ## 12. What to expect, and troubleshooting
+# ## 15. What to expect, and troubleshooting
 #
 # **What to expect.** On 2 CPU cores the `cpu` preset trains for about 20 minutes (a faster
 # machine fits more steps into them, a slower one fewer); the first recognisable digits appear
@@ -334,3 +543,44 @@ tutorial.show(fig, "samples")
 # **Slow training.** Check `jax.devices()` (is the GPU used?), keep `log_every` at 25 or more
 # (each chunk costs one host round trip), and run `python benchmarks/benchmark.py` to compare your
 # images/s with the README's figures.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each takes a minute or less at the `cpu` preset; the solutions are in collapsed cells (click to
+# expand), and the tests run them at `tiny`.
+#
+# 1. Run the loop of section 9 on a fresh model with a learning rate 10x the preset's peak, without
+#    warm-up. What happens to the loss, and why does the preset warm up?
+# 2. Plot the min-SNR weights of section 6 on the $v$ error for $\gamma$ = 1, 5 and 20. Which
+#    timesteps does a larger $\gamma$ give more weight to?
+# 3. What EMA decay does a 500-step run reach with `ema_decay = 0.999`, with and without warm-up,
+#    and how much of the initial weights is left in each average?
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: the same loop, a fresh model, a constant learning rate of 10x the peak.
+fresh = create_unet(cfg.model, seed=cfg.seed)
+fresh_state = nnx.split((fresh, make_optimizer(fresh, cfg.weight_decay, cfg.grad_clip), EMA(fresh, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)))[1]
+_, hot_losses = train_loop(graphdef, fresh_state, lambda s: 10 * cfg.learning_rate, first_step=0, num_steps=LOOP_STEPS)
+print(f"learning rate {10 * cfg.learning_rate:g} from the first step: mean loss of the first chunk "
+      f"{np.mean(hot_losses[:CHUNK]):.4f}, of the last {np.mean(hot_losses[-CHUNK:]):.4f} (the preset's warm-up: "
+      f"{np.mean(loop_losses[-CHUNK:]):.4f} after the same number of steps)")
+# Large first updates on random weights push the network somewhere it must climb back from;
+# gradient clipping keeps it from diverging, the warm-up keeps it from wasting the steps.
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: a larger gamma keeps full weight down to lower SNR, i.e. to larger t.
+fig, ax = plt.subplots(figsize=(7, 3))
+for gamma in (1.0, 5.0, 20.0):
+    ax.plot(t_all, loss_weights("min_snr", "v", schedule, t_all, gamma), label=f"gamma = {gamma:g}")
+ax.set(xlabel="timestep t", ylabel="weight on the v error", yscale="log")
+ax.legend()
+fig.tight_layout()
+tutorial.show(fig, "exercise_min_snr_gamma")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3: the decay after 500 updates, and the share of the initial weights left in the average.
+for warm in (True, False):
+    d = np.broadcast_to(np.asarray(ema_decay_at(0.999, np.arange(500), warm)), (500,))
+    print(f"warm-up {warm!s:5s}: decay {float(d[-1]):.4f} at update 500; share of the initial weights "
+          f"{float(np.prod(d)):.2%}")

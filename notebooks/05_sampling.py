@@ -24,6 +24,7 @@
 # real reverse trajectory of a few digits, and interpolation between two noise seeds.
 
 # %%
+import inspect
 import time
 
 import jax
@@ -35,7 +36,9 @@ import helpers  # noqa: F401
 import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
-from helpers.sampling import ddim_pairs, sample
+from helpers import data
+from helpers.losses import to_x0_and_eps
+from helpers.sampling import DDIMSampler, ddim_pairs, sample
 
 PRESET = tutorial.setup("05_sampling")
 cfg, trainer, summary = tutorial.trained_run(PRESET)
@@ -55,14 +58,52 @@ print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']},
 print("DDIM-10 pairs (t, t_prev):", [tuple(int(v) for v in p) for p in ddim_pairs(T, 10)])
 
 # %% [markdown]
-# Each DDIM step (Song et al. 2021, eq. 12) estimates the clean image from the predicted noise,
-# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) / \sqrt{\bar\alpha_t}$, clips it to
-# [-1, 1], and moves to $x_{t_{prev}} = \sqrt{\bar\alpha_{t_{prev}}}\,\hat x_0 +
-# \sqrt{1-\bar\alpha_{t_{prev}}-\sigma^2}\,\hat\varepsilon + \sigma z$, with
-# $\sigma$ proportional to $\eta$. The whole loop is one `lax.scan` under `jit`: one compilation,
-# no Python between steps.
+# ## 2. One DDIM step
 #
-# ## 2. Steps against quality and time
+# Each step (Song et al. 2021, eq. 12) uses the network's output at $t$ twice. First it reads off
+# the clean image and the noise it believes are in $x_t$: $\hat x_0$ and $\hat\varepsilon$ (for a
+# $v$-predicting model, $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$ and
+# $\hat\varepsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,\hat v$; notebook 04). Then it
+# rebuilds the image at the earlier timestep from them, as the forward process would have made it:
+#
+# $$x_{t_{prev}} = \sqrt{\bar\alpha_{t_{prev}}}\,\hat x_0 +
+#   \sqrt{1-\bar\alpha_{t_{prev}}-\sigma_t^2}\,\hat\varepsilon + \sigma_t z,
+# \qquad \sigma_t = \eta\,\sqrt{\frac{1-\bar\alpha_{t_{prev}}}{1-\bar\alpha_t}}\,
+#   \sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t_{prev}}}}\quad\text{(eq. 16)}.$$
+#
+# The first term is "the clean image, scaled to $t_{prev}$'s signal level"; the second points back
+# along the predicted noise, with less of it than at $t$; the third is fresh noise $z$, none at
+# $\eta = 0$. `helpers.sampling.DDIMSampler` is exactly this:
+
+# %%
+print(inspect.getsource(DDIMSampler.sigma))
+print(inspect.getsource(DDIMSampler.step))
+
+# %% [markdown]
+# One step by hand, from pure noise at $t = T-1$ to the next timestep of DDIM-10 (the sampler clips
+# $\hat x_0$ to the image range [-1, 1] first):
+
+# %%
+ddim10 = DDIMSampler(schedule, steps=10, eta=0.0)
+t, t_prev = (int(v) for v in ddim10.pairs()[0])
+x_t = jax.random.normal(jax.random.key(3), (4, 32, 32, 1))
+t_batch = jnp.full((4,), t)
+x0_hat, eps_hat = to_x0_and_eps(cfg.prediction, ema_model(x_t, t_batch, None), x_t, schedule, t_batch)
+x0_hat = jnp.clip(x0_hat, -1, 1)
+x_prev = ddim10.step(x_t, x0_hat, eps_hat, t, t_prev, noise=jnp.zeros_like(x_t))
+print(f"t = {t} -> t_prev = {t_prev}: sqrt(alpha_bar) {float(jnp.sqrt(schedule.alpha_bar_at(t))):.3f} -> "
+      f"{float(jnp.sqrt(schedule.alpha_bar_at(t_prev))):.3f}")
+fig = tutorial.plot_image_rows({f"x_t at t = {t} (pure noise)": x_t, f"x0_hat, estimated at t = {t}": x0_hat,
+                                f"x_t_prev at t_prev = {t_prev}": x_prev}, ncols=4, size=0.9)
+tutorial.show(fig, "one_ddim_step")
+
+# %% [markdown]
+# From pure noise the first $\hat x_0$ is a blurry average of digits: at $t = T-1$ the network can
+# only guess. The new $x_{t_{prev}}$ is still mostly noise, with a faint trace of that guess; the
+# remaining steps sharpen it. The whole loop is one `lax.scan` under `jit`: one compilation, no
+# Python between steps.
+#
+# ## 3. Steps against quality and time
 #
 # Same noise seed for every row, so differences come from the sampler alone.
 
@@ -97,7 +138,7 @@ tutorial.show(fig, "steps_vs_quality")
 # adds fresh noise at each of its 1,000 steps, so from the same start it draws different digits, at
 # about 11x the cost of DDIM-100. Whether those are *better* digits is a question for section 4.
 #
-# ## 3. Eta: from deterministic DDIM to stochastic DDPM
+# ## 4. Eta: from deterministic DDIM to stochastic DDPM
 
 # %%
 etas = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -112,7 +153,7 @@ tutorial.show(fig, "eta_sweep")
 # a different digit from the same start. Some strokes come out a little rougher, because each large
 # step has to remove part of the noise it just added. Ten digits cannot tell us which row is better.
 #
-# ## 4. Measuring it: which sampler draws the best digits?
+# ## 5. Measuring it: which sampler draws the best digits?
 #
 # Ten digits per row are enough to see *what* changes, not *how often* a digit comes out
 # malformed. So we score a few hundred samples per setting with the independent MNIST classifier
@@ -136,6 +177,15 @@ for steps_s in score_steps:
         q = evaluator.evaluate(x)
         scores[(steps_s, eta)] = q
         print(f"DDIM-{steps_s:<4d} {eta:4.1f} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%}")
+t0 = time.perf_counter()
+x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, sampler="ddpm", prediction=cfg.prediction))
+dt = time.perf_counter() - t0
+q = scores["ddpm"] = evaluator.evaluate(x)
+print(f"DDPM-{T:<4d} {1.0:4.1f} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%}")
+test_images, _ = data.load_split("mnist", "test", limit=n_score)
+q = scores["real"] = evaluator.evaluate(np.asarray(data.to_model_range(jnp.asarray(test_images))))
+print(f"{n_score} real test digits        {q['frechet_distance']:7.1f} {q['confident_share']:10.1%}  "
+      f"(the best any sampler can score at this N)")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
@@ -143,11 +193,15 @@ for eta, style in ((0.0, "o--"), (1.0, "o-")):
     axes[0].plot(score_steps, [100 * scores[(s, eta)]["confident_share"] for s in score_steps], style,
                  label=f"eta = {eta:g}")
     axes[1].plot(score_steps, [scores[(s, eta)]["frechet_distance"] for s in score_steps], style, label=f"eta = {eta:g}")
+for name, style in (("ddpm", "tab:red"), ("real", "tab:green")):
+    label = f"DDPM-{T}" if name == "ddpm" else f"real test digits (N = {n_score})"
+    axes[0].axhline(100 * scores[name]["confident_share"], color=style, ls=":", label=label)
+    axes[1].axhline(scores[name]["frechet_distance"], color=style, ls=":", label=label)
 axes[0].set(xlabel="DDIM steps", ylabel="% classified with confidence > 0.9", xscale="log")
 axes[1].set(xlabel="DDIM steps", ylabel="Frechet distance (lower is better)", xscale="log")
 for ax in axes:
     ax.set_xticks(score_steps, [str(s) for s in score_steps])
-    ax.legend()
+    ax.legend(fontsize=7)
 fig.tight_layout()
 tutorial.show(fig, "sampler_scores")
 
@@ -172,7 +226,7 @@ tutorial.show(fig, "sampler_scores")
 # only step counts at $\eta = 0$, found them all alike and concluded that "sampling is not the
 # bottleneck"; scoring $\eta$ as well proved that wrong.
 #
-# ## 5. Autoguidance: guiding the model with a weaker version of itself
+# ## 6. Autoguidance: guiding the model with a weaker version of itself
 #
 # Section 4 tuned the sampler around one fixed network. Autoguidance (Karras et al. 2024, "Guiding
 # a diffusion model with a bad version of itself") changes what the network says at every step. Take
@@ -195,14 +249,17 @@ if trainer.guide is not None and trainer.guide.ready:
 else:  # e.g. the paper preset, trained without guide_fraction: every w below then equals w = 1
     guide = None
     print("this run kept no guide model (train with guide_fraction set): autoguidance is off below")
-ws = (1.0, 1.5, 2.0, 3.0)
-fig = tutorial.plot_image_rows({f"w = {w:g}" + (" (no guidance)" if w == 1 else ""):
-                       sample(ema_model, schedule, key, ncols, steps=cfg.sample_steps, eta=cfg.eta,
-                              prediction=cfg.prediction, guide=guide, autoguidance_scale=w) for w in ws})
+ws = sorted({1.0, 1.5, cfg.autoguidance_scale, 3.0})
+rows = {} if guide is None else {"the guide alone": sample(guide, schedule, key, ncols, steps=cfg.sample_steps,
+                                                            eta=cfg.eta, prediction=cfg.prediction)}
+rows.update({f"w = {w:g}" + (" (the final model alone)" if w == 1 else ""):
+             sample(ema_model, schedule, key, ncols, steps=cfg.sample_steps, eta=cfg.eta,
+                    prediction=cfg.prediction, guide=guide, autoguidance_scale=w) for w in ws})
+fig = tutorial.plot_image_rows(rows)
 tutorial.show(fig, "autoguidance_rows")
 
 # %%
-ag_ws = (1.0, 1.5, 2.0, 2.5, 3.0)
+ag_ws = sorted({1.0, 1.5, 2.0, cfg.autoguidance_scale, 2.5, 3.0})
 ag_scores = {}
 print(f"DDIM-{cfg.sample_steps}, eta = {cfg.eta:g}, {n_score} samples per setting, the same noise for all")
 print(f"{'w':>4s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-max':>16s}")
@@ -249,7 +306,7 @@ tutorial.show(fig, "autoguidance_scores")
 # (`guide_fraction`). The price is a second network evaluation per step: 1,000 samples take
 # about 3 minutes instead of under 2 (notebook 04).
 #
-# ## 6. Fewer network evaluations: DPM-Solver++ and a guidance interval
+# ## 7. Fewer network evaluations: DPM-Solver++ and a guidance interval
 #
 # DDIM and DDPM are first-order samplers: each step trusts only the network's estimate at its own
 # $t$. DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of diffusion
@@ -265,8 +322,8 @@ tutorial.show(fig, "autoguidance_scores")
 # $r = h_{before} / h$. That is second-order accuracy for the price of one network evaluation per
 # step, as DDIM's. Its **SDE** form (same paper) adds fresh noise, as $\eta = 1$ does for DDIM:
 #
-# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,e^{-h}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-2h})\,D
-#   + \sigma_{t_{prev}}\sqrt{1 - e^{-2h}}\,z .$$
+# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,e^{-h}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-2h})\,D +
+#   \sigma_{t_{prev}}\sqrt{1 - e^{-2h}}\,z .$$
 #
 # The solver visits timesteps evenly spaced in $\lambda$, not in $t$: on DDIM's even $t$ the last
 # steps are long jumps in $\lambda$, where a straight-line extrapolation overshoots. The tests check
@@ -275,8 +332,6 @@ tutorial.show(fig, "autoguidance_scores")
 # `helpers` runs it inside the same `lax.scan` as DDIM:
 
 # %%
-import inspect
-
 from helpers.sampling import DPMSolverPP, lambda_pairs, make_sampler, network_evaluations
 
 print(inspect.getsource(DPMSolverPP.step))
@@ -345,7 +400,7 @@ tutorial.show(fig, "sampler_sweep")
 #   Frechet distance well above guiding everywhere, and so does skipping only the low-noise steps.
 #   What helped ImageNet does not transfer as it is; that is why it is measured, not assumed.
 #
-# ## 7. EMA weights against raw weights
+# ## 8. EMA weights against raw weights
 
 # %%
 x_ema = sample(ema_model, schedule, key, 20, steps=steps, prediction=cfg.prediction)
@@ -360,7 +415,7 @@ tutorial.show(fig, "ema_vs_raw")
 # training, when the raw weights still jump around: that is when the EMA pays off (and why the
 # scripts always sample from it).
 #
-# ## 8. The reverse trajectory
+# ## 9. The reverse trajectory
 #
 # What the sampler actually does: $x_t$ after each step (top rows) and, at the same steps, the
 # model's current guess of the clean image $\hat x_0$ (bottom rows).
@@ -371,7 +426,7 @@ x, (xs, x0s, pairs) = sample(ema_model, schedule, jax.random.key(7), 4, steps=st
                              prediction=cfg.prediction, return_trajectory=True)
 fig = plot_trajectory(xs, pairs, num_frames=10, title=f"x_t along DDIM-{steps_traj}")
 tutorial.show(fig, "trajectory_xt")
-fig = plot_trajectory(x0s, pairs, num_frames=10, title="the model's guess of x_0 at the same steps")
+fig = plot_trajectory(x0s, pairs, num_frames=10, at="t", title="the model's guess of x_0, made at each step's t")
 tutorial.show(fig, "trajectory_x0")
 
 # %% [markdown]
@@ -386,7 +441,7 @@ gif = save_trajectory_gif(xs, tutorial.tutorial_run_dir(PRESET) / "trajectory.gi
 tutorial.show_gif(gif, alt="reverse process animation")
 
 # %% [markdown]
-# ## 9. Interpolating between two noise seeds
+# ## 10. Interpolating between two noise seeds
 #
 # DDIM with $\eta = 0$ is a deterministic function from noise to images, so we can walk between two
 # starting points and watch one digit turn into another. The walk must be spherical (`slerp`): a

@@ -225,3 +225,35 @@ print("pixel distances:", np.round(dist, 2))
 #   coverage, nearest-neighbour distance for memorisation.
 # - `python scripts/evaluate.py <run folder>` prints the same table for any run; the main job's
 #   target is at least 85% of samples with confidence > 0.9, every class between 5% and 15%.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each runs in seconds; the solutions are in collapsed cells (click to expand).
+#
+# 1. Score the first 200, 1,000 and 5,000 real test digits. How does the Frechet distance change
+#    with N, and why must two FDs be compared only at the same N?
+# 2. Blur real digits once instead of twice (`blur(x, times=1)`): how much of the damage to FD and
+#    confidence does the second pass do?
+# 3. Which class does the trained model draw least often? Show ten of its samples of that class.
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: FD has a positive bias that shrinks with N (the covariance of few samples is noisy),
+# so even real digits score worse at small N.
+for n_real in (200, 1000, 5000):
+    if n_real <= len(test_m11):
+        print(f"N = {n_real:5d}: FD of real test digits {evaluator.evaluate(test_m11[:n_real])['frechet_distance']:.1f}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: one pass against two.
+for times in (1, 2):
+    q = evaluator.evaluate(blur(test_m11[:N], times=times))
+    print(f"blurred {times}x: FD {q['frechet_distance']:.1f}, confident {q['confident_share']:.1%}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 3: the classifier's labels of the samples, then the rarest class.
+predicted = np.argmax(evaluator.predict(run_samples)[0], axis=1)
+rarest = int(np.argmin(np.bincount(predicted, minlength=10)))
+print(f"rarest class: {rarest} ({np.mean(predicted == rarest):.1%} of the samples)")
+fig = plot_samples(run_samples[predicted == rarest][:10], ncols=10, title=f"samples classified as {rarest}")
+tutorial.show(fig, "exercise_rarest_class")

@@ -33,3 +33,19 @@ def mnist_test(tfds_dir, mnist_archives):
     from helpers.data import load_split
 
     return load_split("mnist", "test", data_dir=tfds_dir, manual_dir=mnist_archives)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright, one per test session (worker)."""
+    from needs import CHROMIUM, need_chromium
+
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()

@@ -1,5 +1,7 @@
 """The docs site: `mkdocs build --strict`, then the built site served on localhost and opened in
-headless Chromium (Debian's package) through Playwright: images load, no console errors.
+headless Chromium (Debian's package) through Playwright with every request to another host refused,
+as on a machine without internet: images load, the math renders (MathJax is served with the site),
+no console errors.
 
 Screenshots are kept in artifacts/docs/ (ignored by git). Skipped, saying why, when the docs extra
 or Chromium is missing outside CI; in CI (`CI` set) a missing piece is a failure.
@@ -7,41 +9,27 @@ or Chromium is missing outside CI; in CI (`CI` set) a missing piece is a failure
 
 import functools
 import http.server
-import os
-import shutil
+import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from needs import has_module, need
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "docs"
-
-
-def _need(condition: bool, why: str):
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    _need(shutil.which("mkdocs") is not None or _has_module("mkdocs"), "the docs extra is not installed: pip install -e '.[docs]'")
+    need(has_module("mkdocs"), "the docs extra is not installed: pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return out
-
-
-def _has_module(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def test_every_notebook_has_a_page_with_its_figures(site):
@@ -80,42 +68,52 @@ def server(site):
     httpd.shutdown()
 
 
-# External hosts the pages may reference (the MathJax CDN): CI has no internet, so a failed
-# request *to them* is not a page error. Everything served from localhost must load.
-EXTERNAL_OK = ("cdn.jsdelivr.net",)
+REMOTE = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.I)
 
 
-@pytest.mark.parametrize("path, images", [
-    ("/", ["samples", "training curve"]),
-    ("/notebooks/04_train_ddpm/", ["figure"]),
+def test_site_loads_nothing_from_the_internet(site):
+    """Scripts, styles and images all come with the site: `mkdocs serve` works offline."""
+    remote = {str(p.relative_to(site)): m.group(0) for p in site.rglob("*.html") for m in [REMOTE.search(p.read_text())] if m}
+    assert not remote, f"pages that load something from another host: {remote}"
+    assert (site / "javascripts" / "mathjax" / "tex-mml-chtml.js").is_file(), "MathJax is not served with the site"
+
+
+@pytest.mark.parametrize("path, images, math", [
+    ("/", ["samples", "training curve"], False),
+    ("/notebooks/02_forward_process_and_schedules/", ["figure"], True),
+    ("/notebooks/04_train_ddpm/", ["figure"], True),
+    ("/notebooks/05_sampling/", ["figure"], True),
 ])
-def test_pages_render_in_headless_chromium(server, path, images):
-    _need(Path(CHROMIUM).is_file(), f"Chromium not found at {CHROMIUM}: apt-get install chromium")
-    _need(_has_module("playwright"), "playwright is not installed: pip install -e '.[docs]'")
-    from playwright.sync_api import sync_playwright
-
+def test_pages_render_offline_in_headless_chromium(server, browser, path, images, math):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors, failed = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: failed.append(r.url))
-        page.goto(server + path, wait_until="load")
-        page.wait_for_timeout(500)
-        imgs = page.eval_on_selector_all(
-            "img", "els => els.map(e => ({alt: e.alt, src: e.src.slice(0, 80), w: e.naturalWidth, done: e.complete}))")
-        page.screenshot(path=str(ARTIFACTS / f"{path.strip('/').replace('/', '_') or 'home'}.png"), full_page=True)
-        browser.close()
+    errors, failed, refused = [], [], []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
 
-    local_failures = [u for u in failed if not any(h in u for h in EXTERNAL_OK)]
-    assert not local_failures, f"requests that failed: {local_failures}"
-    real_errors = [e for e in errors if not any(h in e for h in EXTERNAL_OK)
-                   and "ERR_NAME_NOT_RESOLVED" not in e and "ERR_INTERNET_DISCONNECTED" not in e]
-    assert not real_errors, f"console errors: {real_errors}"
+    def offline(route):  # as without internet: only the site's own server answers
+        if route.request.url.startswith(server):
+            return route.continue_()
+        refused.append(route.request.url)
+        return route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.goto(server + path, wait_until="load")
+    if math:
+        page.wait_for_selector("mjx-container", timeout=30_000)  # MathJax typeset the page's formulas
+    page.wait_for_timeout(500)
+    imgs = page.eval_on_selector_all(
+        "img", "els => els.map(e => ({alt: e.alt, src: e.src.slice(0, 80), w: e.naturalWidth, done: e.complete}))")
+    raw_tex = page.evaluate(  # TeX left as text in a markdown cell or page (code cells may show TeX strings)
+        "() => [...document.querySelectorAll('.jp-RenderedMarkdown, .arithmatex')].some(e => /\\\\(bar|frac|sqrt)/.test(e.innerText))")
+    page.screenshot(path=str(ARTIFACTS / f"{path.strip('/').replace('/', '_') or 'home'}.png"), full_page=True)
+    page.close()
+
+    assert not refused, f"the page asked another host for: {refused}"
+    assert not failed, f"requests that failed: {failed}"
+    assert not errors, f"console errors: {errors}"
+    assert not raw_tex, "TeX left unrendered on the page"
     assert imgs, "no images on the page"
     broken = [i for i in imgs if not i["w"]]
     assert not broken, f"images that did not load: {broken}"

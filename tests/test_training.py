@@ -246,6 +246,17 @@ def test_a_checkpoint_written_in_the_background_holds_the_state_of_its_step(tmp_
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.model, nnx.Param), saved["params"])
 
 
+def test_checkpoints_at_multiples_of_keep_every_outlive_the_last_few(tmp_path):
+    """keep=1, keep_every=8: of saves at steps 4, 8, ..., 20, step 8 and 16 stay besides the newest."""
+    from helpers.checkpoints import CheckpointManager
+
+    imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
+    tr = _tiny_trainer(imgs, max_steps=20, log_every=4, train_limit=None)
+    ckpt = CheckpointManager(tmp_path / "ckpt", keep=1, keep_every=8)
+    tr.fit(progress=False, on_chunk=ckpt.save)
+    assert ckpt.steps() == [8, 16, 20]
+
+
 def test_a_fitted_run_re_plans_from_the_loops_rate_without_recompiling(monkeypatch):
     """The schedule is re-made as the run goes, to end near the limit; the optimiser keeps its state
     (step count and moments) and the step is not compiled again (the learning rate is an argument)."""
