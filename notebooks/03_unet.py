@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 03 · The UNet, piece by piece
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-01; the notebook took 34 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 7eeb38f; the notebook took 47 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The network's job is to look at a noisy image $x_t$ and the timestep $t$ and predict the noise
@@ -247,14 +247,16 @@ print(f"{PRESET} model: {x.shape} -> {out.shape}; untrained output is all zeros:
 #    and 32x32?
 
 # %% jupyter={"source_hidden": true}
-# Solution 1: more blocks add convolutions (parameters); bigger patches change almost nothing but
-# the first and last layers, since a conv's parameters do not depend on the feature-map size.
+# Solution 1: a second block per level adds convolutions, so many parameters. A conv's parameters do
+# not depend on the feature-map size, so bigger patches change only the layers that move: the first
+# and last convs, and the attention, which now sits at a narrower level (solution 2).
 for change in ({}, {"num_res_blocks": 2}, {"patch_size": 4}):
     c = get_config("cpu", **change)
     print(f"cpu {change or '(as it is)'}: {count_params(nnx.eval_shape(lambda: create_unet(c.model, seed=0))):,} parameters")
 
 # %% jupyter={"source_hidden": true}
-# Solution 2: 32x32 folded into 8x8x16, then 8x8, 4x4, 2x2; attention at 4x4 is now the middle level.
+# Solution 2: 32x32 folded into 8x8x16, levels at 8x8, 4x4 and 2x2; attention at 4x4 now sits at the
+# second level (32 channels), no longer at the bottom of the U.
 for name, shape in shape_trace(nnx.eval_shape(lambda: create_unet(get_config("cpu", patch_size=4).model, seed=0))):
     print(f"{name:48s} {shape}")
 

@@ -74,8 +74,8 @@ WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
     "model.channel_mult": "(the cpu preset gives its widths directly)",
     "model.patch_size": "2x2 patches (space-to-depth): each step about 4x cheaper on a CPU",
     "model.num_res_blocks": "a second block per level costs more per step than it returns in 20 minutes",
-    "model.attention_resolutions": "attention only on the coarsest grid (4x4 patches = 8x8 pixels)",
-    "model.activation": "SiLU: cheaper than GELU's tanh on a CPU, no worse here",
+    "model.attention_resolutions": "attention only at the coarsest level, a 4x4 feature map",
+    "model.activation": "SiLU: cheaper than GELU's tanh on a CPU",
     "model.time_embedding_dim": "scaled down with the widths",
     "model.max_norm_groups": "GroupNorm groups scaled down with the widths",
     "epochs": "the run is limited by time, not epochs (see time_limit_minutes)",
@@ -86,7 +86,7 @@ WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
     "prediction": "v-prediction (section 6): better digits at equal time than epsilon",
     "loss": "MSE with min-SNR weighting (section 6) instead of Huber",
     "loss_weighting": "min-SNR-5 (section 6)",
-    "weight_decay": "no regularisation needed in a run this short",
+    "weight_decay": "a run of a few epochs does not over-fit: no weight decay",
     "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
     "ema_every": "(with ema_decay)",
     "sampler": "DPM-Solver++(2M) SDE: half DDIM-100's network evaluations at equal quality (notebook 05)",
@@ -95,9 +95,9 @@ WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
     "num_samples": "1,000 samples for the scores of notebook 08",
     "checkpoint_every": "a checkpoint every minute or so of a 20-minute run",
     "time_limit_minutes": "the budget: 20 minutes of training",
-    "fit_steps_to_time": "time the machine, then plan the steps that fill the budget (section 9)",
-    "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 9)",
-    "autoguidance_scale": "extrapolate away from the guide when sampling (section 11, notebook 05)",
+    "fit_steps_to_time": "time the machine, then plan the steps that fill the budget (section 10)",
+    "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 10)",
+    "autoguidance_scale": "extrapolate away from the guide when sampling (section 14, notebook 05)",
 }
 
 
@@ -387,7 +387,7 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 #
 # It also sets `guide_fraction = 0.15`: at 15% of the steps the run copies its EMA weights into a
 # frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
-# (section 11, notebook 05). And it keeps a checkpoint every 2,000 steps besides the last three
+# (section 14, notebook 05). And it keeps a checkpoint every 2,000 steps besides the last three
 # (`keep_checkpoints_every`), for section 13.
 
 # %%
