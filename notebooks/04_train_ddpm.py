@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 24 min 01 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit eb036c0; the notebook took 22 min 59 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial, step
@@ -224,9 +224,11 @@ fig.tight_layout()
 tutorial.show(fig, "min_snr_weights")
 
 # %% [markdown]
-# On the $v$ error (orange) the weight is $\gamma/(\gamma+1)$ at small $t$, where the SNR is above
-# $\gamma$, and falls towards 0 at large $t$, where the SNR does: the network is told that the
-# last, noisiest steps need least precision, since the sampler's later steps correct them. (Notebook
+# On the $v$ error (orange) the weight peaks at $\gamma/(\gamma+1)$ where $\mathrm{SNR} = \gamma$ and falls
+# towards 0 at both ends: at small $t$, where the noise to predict is almost invisible, and at large
+# $t$, where the image is almost all noise and the sampler's later steps correct what the first ones
+# get wrong. The training loss is made of the middle noise levels, where the digit takes shape
+# (section 12 measures it on the trained model). (Notebook
 # 06 compares Huber, MSE and min-SNR at equal compute.) The two loss shapes:
 
 # %%
@@ -460,9 +462,11 @@ print(f"unweighted error: highest at t = {worst} ({per_t[:, 0].max():.4f}), lowe
       f"({per_t[:, 0].min():.4f}); weighted: highest at t = {ts[np.argmax(per_t[:, 1])]}")
 
 # %% [markdown]
-# The error is far from uniform over $t$: the printed extremes show where the network is least and
-# most precise, and the weighted curve (squares) shows which noise levels the training loss is
-# really made of. The dotted weight is what turns the first curve into the second.
+# The error is far from uniform over $t$. Unweighted (circles), the $v$ error is largest at the
+# smallest $t$, where $v$ is almost pure noise that the network can barely see, smallest in the
+# middle, and rises again towards $t = T$. The min-SNR weight (dotted) removes both ends, so the loss
+# that training minimises (squares) comes from the middle noise levels; the printed extremes say
+# where.
 #
 # ## 13. Digits at checkpoints during training
 #
@@ -513,8 +517,8 @@ tutorial.show(fig, "samples")
 # ## 15. What to expect, and troubleshooting
 #
 # **What to expect.** On 2 CPU cores the `cpu` preset trains for about 20 minutes (a faster
-# machine fits more steps into them, a slower one fewer); the first recognisable digits appear
-# after a few hundred steps, and the last thousand steps (low learning rate) sharpen them. On a GPU the `paper` preset runs 50 epochs (about 11.7k steps of batch 256);
+# machine fits more steps into them, a slower one fewer); recognisable digits appear within the
+# first few thousand steps, and the later steps refine their strokes (section 13). On a GPU the `paper` preset runs 50 epochs (about 11.7k steps of batch 256);
 # see the README for measured times.
 #
 # **GPU memory (TensorFlow and JAX).** TFDS imports TensorFlow, which by default grabs all GPU

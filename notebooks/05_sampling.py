@@ -262,14 +262,14 @@ tutorial.show(fig, "autoguidance_rows")
 ag_ws = sorted({1.0, 1.5, 2.0, cfg.autoguidance_scale, 2.5, 3.0})
 ag_scores = {}
 print(f"DDIM-{cfg.sample_steps}, eta = {cfg.eta:g}, {n_score} samples per setting, the same noise for all")
-print(f"{'w':>4s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-max':>16s}")
+print(f"{'w':>5s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-max':>16s}")
 for w in ag_ws:
     t0 = time.perf_counter()
     x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=cfg.sample_steps, eta=cfg.eta,
                           prediction=cfg.prediction, guide=guide, autoguidance_scale=w))
     dt = time.perf_counter() - t0
     q = ag_scores[w] = evaluator.evaluate(x)
-    print(f"{w:4.1f} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%} "
+    print(f"{w:>5g} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%} "
           f"{q['min_class_share']:7.1%} - {q['max_class_share']:.1%}")
 
 # %%
