@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-02; the notebook took 9 min 33 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 8205a59; the notebook took 8 min 17 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict noise. Sampling runs the process backwards: start from
@@ -131,12 +131,13 @@ fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, 
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows linearly with the number of network calls (the table: 70-90 ms per call for 40
-# digits, a little more for the shortest runs, where fixed costs weigh more). In the grid, DDIM-10
-# already draws the same digits as DDIM-200; by eye, more steps change almost nothing. The DDIM rows
-# share their noise and, with $\eta = 0$, are deterministic, so they refine the *same* digits; DDPM
-# adds fresh noise at each of its 1,000 steps, so from the same start it draws different digits, at
-# about 11x the cost of DDIM-100. Whether those are *better* digits is a question for section 4.
+# Time grows linearly with the number of network calls: the table's milliseconds per call are about
+# the same for every row, a little more for the shortest runs, where fixed costs weigh more. In the
+# grid, DDIM-10 already draws the same digits as DDIM-200; by eye, more steps change almost nothing.
+# The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
+# digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different
+# digits, at ten times the cost of DDIM-100. Whether those are *better* digits is a question for
+# section 5.
 #
 # ## 4. Eta: from deterministic DDIM to stochastic DDPM
 
@@ -206,29 +207,33 @@ fig.tight_layout()
 tutorial.show(fig, "sampler_scores")
 
 # %% [markdown]
-# What the scores show (300 samples per setting: a confident share near 75% has a standard error
-# of about 2.5 points, so only differences of 5 points or more are clear):
+# What the scores show (300 samples per setting: a confident share near 80% has a standard error
+# of about 2.3 points, so only differences of 5 points or more are clear):
 #
-# - **With $\eta = 0$, more steps barely help**: 75% -> 76% -> 74% confident from 25 to 100 steps,
-#   and the Frechet distance improves only a little (161 -> 152). This is what the grid in section 2
+# - **With $\eta = 0$, more steps barely help**: the confident share stays within a point from 25 to
+#   100 steps, and the Frechet distance improves only a little. This is what the grid in section 3
 #   suggested.
-# - **$\eta = 1$ is better at 25 and 100 steps**: 80% confident with a Frechet distance of 114-116,
-#   against 74-75% and 152-161 deterministically. At 50 steps the two are within noise here; on
-#   1,000 samples of an earlier run of the same recipe $\eta = 1$ won at every step count (74% ->
-#   80% at 50 steps, 82% at 100; the docs' Results page).
+# - **$\eta = 1$ is better at every step count**: 5-8 points more confident samples, and a clearly
+#   lower Frechet distance at 25 and 100 steps (at 50 the two distances are close).
+# - **DDPM-1000 is no better than DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
+#   subsequence), at ten times the network evaluations.
+# - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
+#   score at N = 1,000 (the distance shrinks with N; notebook 08), so compare these distances only
+#   with each other, never with the Results page's.
 # - Why fresh noise helps: a deterministic sampler carries every early mistake of an imperfect model
 #   through to the end, along one path; injecting noise and removing it again lets later steps,
 #   where the model is more accurate, correct those mistakes. The better the model, the smaller the
 #   gain (DDIM's authors found $\eta = 0$ best for fully trained models at few steps).
 #
 # This is why the `cpu` preset samples stochastically (DDIM with $\eta = 1$ here, a stochastic
-# DPM-Solver++ in section 6): a measured choice for a model trained for 20 minutes, not a rule. Lesson learned while building this tutorial: we first compared
-# only step counts at $\eta = 0$, found them all alike and concluded that "sampling is not the
-# bottleneck"; scoring $\eta$ as well proved that wrong.
+# DPM-Solver++ in section 7): a measured choice for a model trained for 20 minutes, not a rule.
+# Lesson learned while building this tutorial: we first compared only step counts at $\eta = 0$,
+# found them all alike and concluded that "sampling is not the bottleneck"; scoring $\eta$ as well
+# proved that wrong.
 #
 # ## 6. Autoguidance: guiding the model with a weaker version of itself
 #
-# Section 4 tuned the sampler around one fixed network. Autoguidance (Karras et al. 2024, "Guiding
+# Section 5 tuned the sampler around one fixed network. Autoguidance (Karras et al. 2024, "Guiding
 # a diffusion model with a bad version of itself") changes what the network says at every step. Take
 # a *weaker* model $D_0$ that makes the same kinds of mistakes as ours, $D_1$, only more of them,
 # and use
@@ -282,29 +287,30 @@ fig.tight_layout()
 tutorial.show(fig, "autoguidance_scores")
 
 # %% [markdown]
-# What autoguidance does, in the rows above (same noise, same sampler noise, only $w$ changes):
-# the digits the plain model draws well stay as they are, and the malformed ones are repaired. In
-# the seventh column a loop-and-hook shape becomes a clean 2, in the eighth a scribble becomes a 1.
-# At $w = 3$ strokes get bolder and the first column turns from a 7 into a 6: too much
-# extrapolation starts to change the digit instead of cleaning it.
+# What autoguidance does, in the rows above (same noise, same sampler noise; the top row is the
+# guide alone, then the final model alone, then guided with growing $w$). The guide draws thin,
+# broken or ambiguous shapes; the final model draws better ones but still some malformed digits;
+# with guidance most of those are repaired (the third column becomes a clean 3, the sixth a 7, the
+# ninth a 6), sometimes into another digit than the unguided shape suggested. Between $w = 2.25$
+# and 3 the rows change little by eye, with bolder strokes at 3.
 #
-# The scores (300 samples per $w$, standard error about 2 points near 88%):
+# The scores (300 samples per $w$; standard error about 1.7 points near 90% confident):
 #
-# - **The confident share jumps from 80% to 88% at $w = 1.5$** and stays at 88-91% up to $w = 3$.
-# - **The Frechet distance halves**: 116 without guidance, 54-57 at $w$ = 1.5-2, then it rises
-#   again (62 at 2.5, 70 at 3) as the stronger extrapolation pushes the digits past the real ones
-#   (bolder, more uniform strokes).
+# - **The confident share jumps** from the unguided 82% by 7 points at $w = 1.5$, and reaches 91-94%
+#   from $w = 2$ on.
+# - **The Frechet distance falls by more than half**, to its lowest at $w$ = 2-2.25, then rises again
+#   as the stronger extrapolation pushes the digits past the real ones (bolder, more uniform strokes).
 # - **No class is lost**: every class keeps between 6% and 13% of the samples at every $w$, so the
 #   gain is not the classifier being confident on one easy digit.
 #
-# $w = 2$ is the best trade here and is what the `cpu` preset uses; on the 1,000 samples written
-# at the end of notebook 04's run it gives 90% confident samples and a Frechet distance of 29. Why
-# does a worse model help? Karras et al. argue that an under-trained model errs in the same
-# directions as a well-trained one, only more: the difference between the two points away from
-# those errors, towards the typical digits. The guide must be a version of *the same* model, so
-# that both make the same kinds of mistakes; here it is the EMA weights at 15% of the run
-# (`guide_fraction`). The price is a second network evaluation per step: 1,000 samples take
-# about 3 minutes instead of under 2 (notebook 04).
+# The `cpu` preset uses $w = 2.25$, chosen on 1,000 samples of the main job's runs with several
+# noise seeds (the docs' Results page): there $w = 2.25$ lifted the confident share by about a point
+# over $w = 2$ at a Frechet distance within the seeds' noise. Why does a worse model help? Karras et
+# al. argue that an under-trained model errs in the same directions as a well-trained one, only
+# more: the difference between the two points away from those errors, towards the typical digits.
+# The guide must be a version of *the same* model, so that both make the same kinds of mistakes;
+# here it is the EMA weights at 15% of the run (`guide_fraction`). The price is a second network
+# evaluation at every step.
 #
 # ## 7. Fewer network evaluations: DPM-Solver++ and a guidance interval
 #
@@ -395,7 +401,7 @@ tutorial.show(fig, "sampler_sweep")
 #   range of DDIM-100 (200 evaluations). The `cpu` preset now samples with the first.
 # - **Fewer still is not free**: at 70 evaluations and below, the confident share drops.
 # - **Stochastic beats deterministic again**: the SDE form against the ODE form, $\eta = 1$ against
-#   $\eta = 0$, as section 4 found for DDIM.
+#   $\eta = 0$, as section 5 found for DDIM.
 # - **The guidance interval hurts this model**: guiding only in the middle noise levels raises the
 #   Frechet distance well above guiding everywhere, and so does skipping only the low-noise steps.
 #   What helped ImageNet does not transfer as it is; that is why it is measured, not assumed.
@@ -430,10 +436,11 @@ fig = plot_trajectory(x0s, pairs, num_frames=10, at="t", title="the model's gues
 tutorial.show(fig, "trajectory_x0")
 
 # %% [markdown]
-# The noisy $x_t$ (first figure) stays mostly noise for the first half of the steps and the digit
-# only appears near the end. The $\hat x_0$ guesses (second figure) tell the real story: the
-# model commits to *which* digit early, as a blurry average (by $t \approx 770$ of 1,000; the last
-# row starts as something like a 0 and has become a 7 by then), and spends the later steps on stroke
+# The noisy $x_t$ (first figure) stays mostly noise for the first half of the steps; the digit shows
+# through from about $t = 545$ and is clean only at the end. The $\hat x_0$ guesses (second figure)
+# tell the real story: the model commits to *which* digit early, as a blurry average (three of the
+# four rows show their final digit by $t = 777$; the last row starts as something like a 0 and is a 7
+# by $t = 666$), and spends the later steps on stroke
 # width and detail. The same process as an animation:
 
 # %%
@@ -484,13 +491,14 @@ tutorial.show(fig, "interpolation")
 # construction; this model is simply not very sensitive to the difference for these two seeds.
 #
 # ## Summary
-# - DDIM needs far fewer steps than DDPM's 1,000; with $\eta = 0$, 25 steps score almost as well as
-#   100, and DDIM-10 is a fast preview.
+# - DDIM needs far fewer steps than DDPM's 1,000; with $\eta = 0$, 25 steps score about as well as
+#   100, and DDIM-10 is a fast preview. DDPM-1000 is no better than DDIM-100 with $\eta = 1$.
 # - Measure, don't eyeball: for a briefly trained model, stochastic sampling ($\eta = 1$) scores
 #   better than deterministic DDIM. Sample from the EMA weights.
 # - DPM-Solver++(2M) reuses the previous step's estimate for second-order accuracy at one network
 #   evaluation per step; its SDE form with 50 steps and autoguidance (100 evaluations) draws digits
 #   as good as DDIM-100's (200), and is what the `cpu` preset samples with.
-# - Autoguidance with the run's own early EMA weights ($w = 2$) repairs malformed digits: 80% ->
-#   88% confident and half the Frechet distance here, for twice the sampling time.
+# - Autoguidance with the run's own early EMA weights repairs malformed digits: a much higher
+#   confident share and less than half the Frechet distance here, for two network evaluations per
+#   step.
 # - The model decides the digit early and refines it late; slerp walks between noise seeds.

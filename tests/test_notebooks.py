@@ -60,6 +60,23 @@ def test_committed_notebooks_carry_real_outputs():
         assert all(c.get("execution_count") for c in code), f"{p.stem}: not every code cell was executed"
 
 
+WITH_EXERCISES = ["01_data_pipeline", "02_forward_process_and_schedules", "03_unet", "04_train_ddpm",
+                  "08_evaluating_samples"]
+
+
+@pytest.mark.parametrize("notebook", WITH_EXERCISES)
+def test_exercises_end_the_notebook_with_collapsed_solutions_that_ran(notebook):
+    """The last section is "Exercises"; each solution is a code cell collapsed in JupyterLab (Jupyter's
+    source_hidden metadata, kept by jupytext.toml) whose outputs are in the committed notebook."""
+    cells = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    start = max(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"]))
+    solutions = [c for c in cells[start + 1:] if c["cell_type"] == "code"]
+    assert len(solutions) >= 2, f"{notebook}: fewer than two solutions"
+    for c in solutions:
+        assert c["metadata"].get("jupyter", {}).get("source_hidden") is True, f"{notebook}: a solution is not collapsed"
+        assert c.get("outputs"), f"{notebook}: a solution has no output"
+
+
 def _run_notebooks_tool():
     spec = importlib.util.spec_from_file_location("run_notebooks", REPO / "tools" / "run_notebooks.py")
     module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,93 @@
+"""The claims the notebooks' prose depends on, checked against their committed outputs.
+
+A re-execution that changes what a sentence says (for example "eta = 1 beats eta = 0 for this model")
+fails here instead of leaving the text wrong: fix the prose, or the code, and re-execute. The figures
+are read from the outputs the notebooks print, the way a reader reads them.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def printed(notebook: str, marker: str) -> str:
+    """The text output of the first code cell of `notebook` whose source contains `marker`."""
+    nb = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and marker in "".join(cell["source"]):
+            return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o["output_type"] == "stream")
+    raise AssertionError(f"{notebook}: no code cell contains {marker!r}")
+
+
+def numbers(pattern: str, text: str) -> list[tuple[float, ...]]:
+    """Every match of `pattern` in `text`, its groups as floats."""
+    found = [tuple(float(g.replace(",", "")) for g in m.groups()) for m in re.finditer(pattern, text)]
+    assert found, f"nothing matches {pattern!r} in:\n{text[:1500]}"
+    return found
+
+
+def test_04_our_loop_lowers_the_loss_and_warm_up_beats_a_hot_start():
+    first, last = numbers(r"mean loss of the first chunk ([\d.]+), of the last ([\d.]+)",
+                          printed("04_train_ddpm", "state, loop_losses = train_loop("))[0]
+    assert last < first, "section 9 says the loss falls in our loop"
+    hot_first, hot_last, warm = numbers(r"first chunk ([\d.]+), of the last ([\d.]+) \(the preset's warm-up: ([\d.]+)",
+                                        printed("04_train_ddpm", "# Solution 1:"))[0]
+    assert warm < hot_last, "exercise 1: the warm-up reaches a lower loss than 10x the rate from the start"
+
+
+def test_04_the_run_fills_its_budget_and_its_loss_comes_from_the_middle_noise_levels():
+    steps, minutes, share = numbers(r"done: (\d+) steps in ([\d.]+) min, ([\d.]+)% of the limit",
+                                    printed("04_train_ddpm", "tutorial.ensure_run(run_dir, cfg)"))[0]
+    assert 90 <= share <= 100, "section 10: the decay ends just before the limit"
+    high, _, low, _, weighted = numbers(r"highest at t = (\d+) \(([\d.]+)\), lowest at t = (\d+) \(([\d.]+)\); "
+                                        r"weighted: highest at t = (\d+)", printed("04_train_ddpm", "per_t = loss_per_timestep("))[0]
+    assert high == 0, "section 12: the unweighted v error is largest at the smallest t"
+    assert 100 <= low <= 900 and 100 <= weighted <= 900, "section 12: the middle noise levels"
+
+
+def _sampler_scores() -> dict[str, tuple[float, float]]:
+    """Notebook 05's section 5 table: {"DDIM-25 0.0": (FD, confident %), ..., "DDPM-1000 1.0": ..., "real": ...}."""
+    text = printed("05_sampling", "score_steps = ")
+    rows = {f"{name} {eta}": (fd, conf) for name, eta, fd, conf in
+            re.findall(r"^(DD[IP]M-\d+)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%", text, re.M)}
+    rows["real"] = numbers(r"real test digits\s+([\d.]+)\s+([\d.]+)%", text)[0]
+    return {k: tuple(float(v) for v in vals) for k, vals in rows.items()}
+
+
+def test_05_eta_1_beats_eta_0_and_ddpm_1000_is_no_better_than_ddim_100():
+    scores = _sampler_scores()
+    steps = sorted({int(k.split()[0][5:]) for k in scores if k.startswith("DDIM")})
+    assert len(steps) >= 3
+    for s in steps:
+        assert scores[f"DDIM-{s} 1.0"][1] >= scores[f"DDIM-{s} 0.0"][1] + 3, f"eta = 1 more confident at {s} steps"
+    deterministic = [scores[f"DDIM-{s} 0.0"][1] for s in steps]
+    assert max(deterministic) - min(deterministic) <= 3, "with eta = 0, more steps barely help"
+    ddpm, ddim100 = scores["DDPM-1000 1.0"], scores["DDIM-100 1.0"]
+    assert ddpm[1] <= ddim100[1] + 3 and ddpm[0] >= ddim100[0] - 15, "DDPM-1000 no better than DDIM-100, eta = 1"
+    assert all(scores["real"][0] < fd for k, (fd, _) in scores.items() if k != "real"), "real digits score best"
+
+
+def test_05_autoguidance_raises_the_confident_share_and_halves_the_frechet_distance():
+    rows = {w: (fd, conf, low) for w, fd, conf, low in numbers(
+        r"(?m)^\s*([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)% -", printed("05_sampling", "ag_ws = "))}
+    plain = rows[1.0]
+    guided = {w: r for w, r in rows.items() if w >= 2}
+    assert all(conf >= plain[1] + 5 for _, conf, _ in guided.values()), "guidance raises the confident share"
+    assert min(fd for fd, _, _ in guided.values()) < plain[0] / 2, "the Frechet distance falls by more than half"
+    assert all(low >= 6 for _, _, low in rows.values()), "no class is lost"
+
+
+def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
+    text = printed("08_evaluating_samples", "scores = {name: evaluator.evaluate(x)")
+    table = {name.strip(): [float(v) for v in vals.split()[1:]] for name, vals in
+             re.findall(r"^([A-Za-z0-9 ]+?)\s{2,}(\d+\s+[\d.\s%]+)$", text.replace("%", ""), re.M)}
+    fd, conf, nn = (lambda r: (r[0], r[1], r[6]))(table["trained model"])
+    real = table["real test digits"]
+    broken = [table[k][0] for k in ("untrained UNet", "uniform noise", "blurred digits", "only 1s")]
+    assert real[0] < fd < min(broken) / 10, "FD between the real digits' and the broken rows'"
+    assert real[1] - 15 <= conf < real[1], "a confident share below, but within 15 points of, real digits'"
+    assert table["training set copies"][6] < 1 and nn > 0.9 * real[6], "copies sit at 0; the model's samples do not"
