@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar, as helpers uses: Jupyter, terminals and the docs site show it
 
 import helpers  # noqa: F401  (sets TF/JAX GPU-memory variables first)
 import tutorial  # notebooks/tutorial/: what the notebooks share

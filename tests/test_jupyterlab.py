@@ -56,7 +56,7 @@ def jupyter_lab(tmp_path_factory):
     finally:
         server.terminate()
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=10)
         except subprocess.TimeoutExpired:  # a kernel still shutting down
             server.kill()
 
