@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit eb036c0; the notebook took 22 min 59 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 23 min 17 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial, step

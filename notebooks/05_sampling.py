@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 8205a59; the notebook took 8 min 17 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 8 min 46 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict noise. Sampling runs the process backwards: start from
@@ -131,8 +131,8 @@ fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, 
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows linearly with the number of network calls: the table's milliseconds per call are about
-# the same for every row, a little more for the shortest runs, where fixed costs weigh more. In the
+# Time grows linearly with the number of network calls: the table's milliseconds per call vary only a
+# little between rows. In the
 # grid, DDIM-10 already draws the same digits as DDIM-200; by eye, more steps change almost nothing.
 # The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
 # digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different
@@ -213,9 +213,9 @@ tutorial.show(fig, "sampler_scores")
 # - **With $\eta = 0$, more steps barely help**: the confident share stays within a point from 25 to
 #   100 steps, and the Frechet distance improves only a little. This is what the grid in section 3
 #   suggested.
-# - **$\eta = 1$ is better at every step count**: 5-8 points more confident samples, and a clearly
-#   lower Frechet distance at 25 and 100 steps (at 50 the two distances are close).
-# - **DDPM-1000 is no better than DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
+# - **$\eta = 1$ is better at 25 and 100 steps**: several points more confident samples and a
+#   clearly lower Frechet distance. At 50 steps the two are within noise here.
+# - **DDPM-1000 scores about like DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
 #   subsequence), at ten times the network evaluations.
 # - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
 #   score at N = 1,000 (the distance shrinks with N; notebook 08), so compare these distances only
@@ -290,22 +290,22 @@ tutorial.show(fig, "autoguidance_scores")
 # What autoguidance does, in the rows above (same noise, same sampler noise; the top row is the
 # guide alone, then the final model alone, then guided with growing $w$). The guide draws thin,
 # broken or ambiguous shapes; the final model draws better ones but still some malformed digits;
-# with guidance most of those are repaired (the third column becomes a clean 3, the sixth a 7, the
-# ninth a 6), sometimes into another digit than the unguided shape suggested. Between $w = 2.25$
+# with guidance most of those are repaired (the third and seventh columns become clean 3s, the ninth
+# a 4, the last a 5), sometimes into another digit than the unguided shape suggested. Between $w = 2.25$
 # and 3 the rows change little by eye, with bolder strokes at 3.
 #
 # The scores (300 samples per $w$; standard error about 1.7 points near 90% confident):
 #
-# - **The confident share jumps** from the unguided 82% by 7 points at $w = 1.5$, and reaches 91-94%
-#   from $w = 2$ on.
+# - **The confident share jumps** by several points at $w = 1.5$, and reaches 90-94% from $w = 2$ on.
 # - **The Frechet distance falls by more than half**, to its lowest at $w$ = 2-2.25, then rises again
 #   as the stronger extrapolation pushes the digits past the real ones (bolder, more uniform strokes).
-# - **No class is lost**: every class keeps between 6% and 13% of the samples at every $w$, so the
+# - **No class is lost**: every class keeps between 5% and 13% of the samples at every $w$, so the
 #   gain is not the classifier being confident on one easy digit.
 #
 # The `cpu` preset uses $w = 2.25$, chosen on 1,000 samples of the main job's runs with several
 # noise seeds (the docs' Results page): there $w = 2.25$ lifted the confident share by about a point
-# over $w = 2$ at a Frechet distance within the seeds' noise. Why does a worse model help? Karras et
+# over $w = 2$ at a Frechet distance within the seeds' noise (at N = 300, as here, the two are within
+# noise of each other). Why does a worse model help? Karras et
 # al. argue that an under-trained model errs in the same directions as a well-trained one, only
 # more: the difference between the two points away from those errors, towards the typical digits.
 # The guide must be a version of *the same* model, so that both make the same kinds of mistakes;
@@ -492,7 +492,7 @@ tutorial.show(fig, "interpolation")
 #
 # ## Summary
 # - DDIM needs far fewer steps than DDPM's 1,000; with $\eta = 0$, 25 steps score about as well as
-#   100, and DDIM-10 is a fast preview. DDPM-1000 is no better than DDIM-100 with $\eta = 1$.
+#   100, and DDIM-10 is a fast preview. DDPM-1000 scores about like DDIM-100 with $\eta = 1$.
 # - Measure, don't eyeball: for a briefly trained model, stochastic sampling ($\eta = 1$) scores
 #   better than deterministic DDIM. Sample from the EMA weights.
 # - DPM-Solver++(2M) reuses the previous step's estimate for second-order accuracy at one network

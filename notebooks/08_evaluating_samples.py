@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Evaluating samples without downloading anything
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 8205a59; the notebook took 1 min 38 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 1 min 27 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -154,8 +154,8 @@ print(f"\nnearest-training-neighbour distance of real test digits (what 'new dig
 #   model's samples should sit about as far from the training set as real test digits do.
 # - **The trained model** should land between the real digits and the broken ones; how close to the
 #   real row it gets is the measure of the run. Here (notebook 04's 20-minute CPU run, sampled
-#   with autoguidance, the table's second row): a Frechet distance far below every broken row and
-#   close to, but above, the real digits'; a confident share about ten points below theirs; every
+#   with autoguidance, the table's second row): a Frechet distance far below every broken row, though
+#   still above the real digits'; a confident share about ten points below theirs; every
 #   class near 10%, like real digits; and samples a little farther from their nearest training
 #   image than new real digits are: no copying.
 

@@ -58,16 +58,17 @@ def _sampler_scores() -> dict[str, tuple[float, float]]:
     return {k: tuple(float(v) for v in vals) for k, vals in rows.items()}
 
 
-def test_05_eta_1_beats_eta_0_and_ddpm_1000_is_no_better_than_ddim_100():
+def test_05_eta_1_beats_eta_0_and_ddpm_1000_scores_like_ddim_100():
     scores = _sampler_scores()
     steps = sorted({int(k.split()[0][5:]) for k in scores if k.startswith("DDIM")})
     assert len(steps) >= 3
-    for s in steps:
-        assert scores[f"DDIM-{s} 1.0"][1] >= scores[f"DDIM-{s} 0.0"][1] + 3, f"eta = 1 more confident at {s} steps"
+    for s in (steps[0], steps[-1]):
+        eta1, eta0 = scores[f"DDIM-{s} 1.0"], scores[f"DDIM-{s} 0.0"]
+        assert eta1[1] >= eta0[1] + 3 and eta1[0] < eta0[0] - 15, f"eta = 1 clearly better at {s} steps"
     deterministic = [scores[f"DDIM-{s} 0.0"][1] for s in steps]
     assert max(deterministic) - min(deterministic) <= 3, "with eta = 0, more steps barely help"
     ddpm, ddim100 = scores["DDPM-1000 1.0"], scores["DDIM-100 1.0"]
-    assert ddpm[1] <= ddim100[1] + 3 and ddpm[0] >= ddim100[0] - 15, "DDPM-1000 no better than DDIM-100, eta = 1"
+    assert abs(ddpm[1] - ddim100[1]) <= 3 and abs(ddpm[0] - ddim100[0]) <= 15, "DDPM-1000 scores like DDIM-100"
     assert all(scores["real"][0] < fd for k, (fd, _) in scores.items() if k != "real"), "real digits score best"
 
 
@@ -76,9 +77,9 @@ def test_05_autoguidance_raises_the_confident_share_and_halves_the_frechet_dista
         r"(?m)^\s*([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)% -", printed("05_sampling", "ag_ws = "))}
     plain = rows[1.0]
     guided = {w: r for w, r in rows.items() if w >= 2}
-    assert all(conf >= plain[1] + 5 for _, conf, _ in guided.values()), "guidance raises the confident share"
+    assert all(conf >= plain[1] + 5 and conf >= 90 for _, conf, _ in guided.values()), "90% or more from w = 2 on"
     assert min(fd for fd, _, _ in guided.values()) < plain[0] / 2, "the Frechet distance falls by more than half"
-    assert all(low >= 6 for _, _, low in rows.values()), "no class is lost"
+    assert all(low >= 5 for _, _, low in rows.values()), "no class is lost"
 
 
 def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
