@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,10 @@ def has_module(name: str) -> bool:
 def need_chromium() -> None:
     need(Path(CHROMIUM).is_file(), f"Chromium not found at {CHROMIUM}: apt-get install chromium")
     need(has_module("playwright"), "playwright is not installed: pip install -e '.[docs]'")
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from needs import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -139,12 +139,6 @@ def test_notebook_runs_as_a_plain_script(notebook, tmp_path):
     assert figures.is_dir() and any(figures.glob("*.png")), f"{notebook} saved no figures"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_jupyter_server_opens_a_py_as_a_notebook_and_saves_the_pair(tmp_path):
     """JupyterLab with Jupytext: the contents API serves a paired .py as a notebook, and saving it
     writes both files, which stay in sync."""
@@ -154,7 +148,7 @@ def test_jupyter_server_opens_a_py_as_a_notebook_and_saves_the_pair(tmp_path):
     for suffix in (".py", ".ipynb"):
         shutil.copy(REPO / "notebooks" / f"{name}{suffix}", work / "notebooks" / f"{name}{suffix}")
     shutil.copy(REPO / "jupytext.toml", work / "jupytext.toml")
-    port, token = _free_port(), "test-token"
+    port, token = free_port(), "test-token"
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root"],
