@@ -76,7 +76,7 @@ def _minutes(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
+def execute(py: Path, preset: str, machine: str, timeout: int, commit: str) -> float:
     import jupytext
     from nbclient import NotebookClient
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
@@ -90,7 +90,7 @@ def execute(py: Path, preset: str, machine: str, timeout: int) -> float:
 
     CoalesceStreamsPreprocessor().preprocess(nb, {})
     record = (f"# > **Run record:** the outputs below are from a real run at preset `{preset}` on {machine}, "
-              f"{time.strftime('%Y-%m-%d')}, commit {head_commit()}; the notebook took {_minutes(seconds)} "
+              f"{time.strftime('%Y-%m-%d')}, commit {commit}; the notebook took {_minutes(seconds)} "
               f"(`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
     text = py.read_text()
     if not RECORD.search(text):
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     machine = machine_description()
     for py in chosen:
         print(f"executing {py.name} at preset {preset} ...", flush=True)
-        seconds = execute(py, preset, machine, args.timeout)
+        seconds = execute(py, preset, machine, args.timeout, commit)
         print(f"  done in {_minutes(seconds)}", flush=True)
     return 0
 
