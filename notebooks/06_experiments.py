@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-11-27; the notebook took 23 min 26 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit d428d0c; the notebook took 23 min 40 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
@@ -41,20 +41,19 @@ from helpers.config import get_config
 from helpers.losses import sample_timesteps, to_x0_and_eps
 from helpers.metrics import get_evaluator
 
-from helpers.training import Trainer, seconds_per_step
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("06_experiments")
 TINY = PRESET == "tiny"
-BUDGET_SECONDS = 240.0  # training time of each variant on a CPU (the tiny preset: 8 steps each)
+BUDGET_MINUTES = 4.5  # training time of each variant on a CPU (the tiny preset: 8 steps each)
 NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
 
 # %% [markdown]
 # ## 1. The variants
 #
-# Four minutes of the `cpu` preset are enough for recognisable digits (the Results page's "How long
-# should I train?" curve), so every variant gets 240 s: long enough that the comparison is between
-# models that draw digits, short enough that six variants fit in half an hour. The baseline is
+# A few minutes of the `cpu` preset are enough for recognisable digits (the Results page's "How long
+# should I train?" curve), so every variant gets 4.5 minutes: long enough that the comparison is
+# between models that draw digits, short enough that seven runs fit in about half an hour. The baseline is
 # trained twice, with two seeds, so that the table shows how far two runs of the *same* recipe
 # land apart: a difference between variants smaller than that is noise.
 
@@ -84,40 +83,21 @@ for name, change in variants.items():
 # %% [markdown]
 # ## 2. Equal compute
 #
-# Seven runs of 240 s each take 28 minutes; sampling and scoring add a few more. Four of the runs
-# change only the seed, the target, the weighting or the schedule: their train step costs exactly
-# what the baseline's does, so they get **the same number of steps** (timing them separately would
-# only add measurement noise). The two UNet sizes cost more or less per
-# step: we time a few compiled steps of each, in this process next to the baseline, and give them
-# the steps that fill the same time. The learning-rate schedule (warmup, cosine decay) is
-# stretched over each variant's own number of steps, so every run ends its decay.
+# Every run gets the same **wall time**, 4.5 minutes of training, through the preset's own
+# `fit_steps_to_time` (notebook 04): the run times its first steps, plans the steps that fit, and
+# re-plans from its own loop's rate as it goes, so its learning-rate decay ends with the time limit.
+# A cheaper model therefore takes more steps and a larger one fewer; the variants that change only
+# the seed, the target, the weighting or the schedule cost the same per step and differ in steps
+# only by the machine's own drift.
 
 # %%
 images, _ = data.load_split("mnist", "train", limit=base.train_limit)
-
-
-def step_seconds(cfg):
-    """Measured seconds of one compiled train step of `cfg` on this machine."""
-    return seconds_per_step(Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images), steps=10)
-
-
-configs, seconds = {}, {}
+configs = {}
 for name, change in variants.items():
-    configs[name] = base.replace(**change, time_limit_minutes=None, fit_steps_to_time=False,
-                                 num_samples=NUM_SAMPLES, guide_fraction=None,
+    budget = {} if TINY else {"time_limit_minutes": BUDGET_MINUTES, "fit_steps_to_time": True}
+    configs[name] = base.replace(**change, **budget, num_samples=NUM_SAMPLES, guide_fraction=None,
                                  autoguidance_scale=1.0)  # training choices only: no guide
-if not TINY:
-    for name in ("baseline", "small UNet", "large UNet"):
-        seconds[name] = step_seconds(configs[name])
-for name, cfg in configs.items():
-    if TINY:
-        steps = cfg.max_steps
-    else:
-        steps = int(BUDGET_SECONDS / seconds.get(name, seconds["baseline"]))
-    configs[name] = cfg.replace(max_steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 10))
-    sec = seconds.get(name, seconds.get("baseline", float("nan")))
-    print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(cfg.model))):>10,} parameters  {1000 * sec:7.1f} ms/step  "
-          f"-> {steps:5d} steps ({steps * cfg.batch_size / len(images):.2f} epochs)")
+    print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(configs[name].model))):>10,} parameters")
 
 # %% [markdown]
 # The small UNet (8/16/32) has a quarter of the baseline's parameters but costs only 1.6x less per
@@ -167,7 +147,7 @@ for name, cfg in configs.items():
     q = evaluator.evaluate(x)
     grids[name] = x[:20]
     trained[name] = (cfg, trainer)
-    rows.append((name, summary["steps"], summary["train_seconds"], summary["final_loss"], err,
+    rows.append((name, summary["steps"], summary["images_per_s"], summary["final_loss"], err,
                  q["frechet_distance"], q["confident_share"]))
     print(f"{name:18s} done in {time.perf_counter() - t0:6.1f} s: denoising error {err:.4f}, "
           f"FD {q['frechet_distance']:.1f}, confident {q['confident_share']:.1%}")
@@ -176,12 +156,12 @@ for name, cfg in configs.items():
 # ## 4. Results
 
 # %%
-header = (f"{'variant':18s} {'steps':>6s} {'train s':>8s} {'train loss':>10s} {'denoising err':>13s} "
+header = (f"{'variant':18s} {'steps':>6s} {'images/s':>8s} {'train loss':>10s} {'denoising err':>13s} "
           f"{'FD (lower=better)':>17s} {'conf > 0.9':>10s}")
 print(header)
 print("-" * len(header))
-for name, steps, secs, loss, err, fd, conf in rows:
-    print(f"{name:18s} {steps:6d} {secs:8.0f} {loss:10.4f} {err:13.4f} {fd:17.1f} {conf:10.1%}")
+for name, steps, speed, loss, err, fd, conf in rows:
+    print(f"{name:18s} {steps:6d} {speed:8.0f} {loss:10.4f} {err:13.4f} {fd:17.1f} {conf:10.1%}")
 (_, _, _, _, err_a, fd_a, conf_a), (_, _, _, _, err_b, fd_b, conf_b) = rows[:2]
 print(f"\nthe two seeds of the baseline differ by {abs(err_a - err_b):.4f} in denoising error, "
       f"{abs(fd_a - fd_b):.1f} in FD and {100 * abs(conf_a - conf_b):.1f} points of confident share")
