@@ -92,3 +92,62 @@ def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_
     assert real[0] < fd < min(broken) / 10, "FD between the real digits' and the broken rows'"
     assert real[1] - 15 <= conf < real[1], "a confident share below, but within 15 points of, real digits'"
     assert table["training set copies"][6] < 1 and nn > 0.9 * real[6], "copies sit at 0; the model's samples do not"
+
+
+def _experiments() -> dict[str, dict[str, float]]:
+    """Notebook 06's results table: {variant: {"steps", "err", "fd", "conf"}}."""
+    text = printed("06_experiments", "header = (")
+    return {name.strip(): {"steps": float(steps), "err": float(err), "fd": float(fd), "conf": float(conf)}
+            for name, steps, err, fd, conf in re.findall(
+                r"^([a-zA-Z][\w ,-]+?)\s+(\d+)\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", text, re.M)}
+
+
+def test_06_the_baseline_draws_digits_and_its_two_seeds_agree_closer_than_the_variants_differ():
+    rows = _experiments()
+    base, seed2 = rows["baseline"], rows["baseline, seed 2"]
+    assert min(base["conf"], seed2["conf"]) >= 50, "section 1: at this budget the baseline draws digits"
+    assert abs(base["err"] - seed2["err"]) < 0.005, "the seeds agree on the denoising error"
+    eps = rows["epsilon-prediction"]
+    assert eps["conf"] < min(base["conf"], seed2["conf"]) - abs(base["conf"] - seed2["conf"]), \
+        "epsilon-prediction is less confident than either seed of the baseline, by more than their gap"
+    linear = rows["linear schedule"]
+    assert linear["err"] < min(base["err"], seed2["err"]) and linear["fd"] > max(base["fd"], seed2["fd"]), \
+        "the linear schedule's low denoising error flatters it: its FD is worse than both seeds'"
+
+
+def test_06_exercises_locate_the_linear_schedule_and_epsilon_errors():
+    per_t = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("06_experiments", "# Solution 1:"))
+    assert all(linear <= base for _, base, linear in per_t), "the linear schedule's noise error is lower at every t"
+    x0 = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("06_experiments", "# Solution 2:"))
+    assert x0[-1][2] > 2 * x0[-1][1], "epsilon's image estimate is far worse at the noisiest t"
+
+
+def test_07_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale():
+    rows = {w: (match, conf, fd) for w, match, conf, fd in numbers(
+        r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("07_conditional_generation", "scales = ("))}
+    assert rows[0.0][0] <= 30, "at w = 0 the label is ignored: near chance"
+    assert rows[1.0][0] >= rows[0.0][0] + 40 and rows[2.0][0] >= rows[1.0][0], "guidance raises the label match"
+    assert rows[2.0][1] > rows[0.0][1] + 10, "guidance raises the confident share"
+    best = min(rows, key=lambda w: rows[w][2])
+    assert best in (1.0, 2.0, 3.0) and rows[5.0][2] > rows[best][2], "FD is best at a moderate w, worse at 5"
+    more = numbers(r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("07_conditional_generation", "# Solution 3:"))
+    assert more[0][1] >= 90 and more[0][2] >= 90, "exercise 3: near the ceiling already at the lowest scale"
+    assert more[0][3] < more[1][3] < more[2][3], "exercise 3: FD rises from the lowest scale to w = 3"
+
+
+def test_09_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
+    grey = numbers(r"share of mid-grey pixels \(50-200\): MNIST ([\d.]+)%, Fashion ([\d.]+)%",
+                   printed("09_fashion_mnist", "ax.hist("))[0]
+    assert grey[1] > 3 * grey[0], "section 1: many more mid-grey pixels"
+    mnist, fashion = numbers(r"final training loss: MNIST ([\d.]+) \(\d+ steps\), Fashion-MNIST ([\d.]+)",
+                             printed("09_fashion_mnist", "mnist_run = "))[0]
+    assert fashion > mnist, "section 2: a higher loss than MNIST's"
+    test_fashion, test_mnist = numbers(r"test loss: Fashion-MNIST ([\d.]+), MNIST ([\d.]+)",
+                                       printed("09_fashion_mnist", "# Solution 3:"))[0]
+    assert test_fashion > test_mnist, "exercise 3: harder on held-out images too"
+    samples, tests = numbers(r"samples ([\d.]+) \(smallest [\d.]+\), real test images ([\d.]+)",
+                             printed("09_fashion_mnist", "# Solution 1:"))[0]
+    assert samples > 0.8 * tests, "exercise 1: the samples are about as far from the training set as new images"
+    sample_grey, data_grey = numbers(r"share of mid-grey pixels \(50-200\): samples ([\d.]+)%, training images ([\d.]+)%",
+                                     printed("09_fashion_mnist", "# Solution 2:"))[0]
+    assert sample_grey < data_grey, "exercise 2: fewer mid-grey pixels in the samples than in the data"
