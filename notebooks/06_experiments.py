@@ -9,14 +9,14 @@
 # %% [markdown]
 # # 06 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit d428d0c; the notebook took 23 min 40 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit d16366c; the notebook took 39 min 55 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
 # epsilon vs v-prediction, min-SNR weighting, model size) but runs none of them. Here we run them
 # for real, with the **same compute budget** for every variant. That is the fair comparison for a
 # reader with a fixed budget: a larger model gets fewer steps, a cheaper one more. Huber vs MSE is
-# left out to keep the notebook near half an hour; add `"huber loss": {"loss": "huber"}` to
+# left out to keep the notebook within forty minutes; add `"huber loss": {"loss": "huber"}` to
 # `variants` below to run it too.
 #
 # Every variant changes one thing relative to a baseline (the notebook's preset). We compare:
@@ -51,11 +51,12 @@ NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
 # %% [markdown]
 # ## 1. The variants
 #
-# A few minutes of the `cpu` preset are enough for recognisable digits (the Results page's "How long
-# should I train?" curve), so every variant gets 4.5 minutes: long enough that the comparison is
-# between models that draw digits, short enough that seven runs fit in about half an hour. The baseline is
-# trained twice, with two seeds, so that the table shows how far two runs of the *same* recipe
-# land apart: a difference between variants smaller than that is noise.
+# Five minutes of the `cpu` preset, sampled with autoguidance, already draw recognisable digits (the
+# Results page's "How long should I train?" curve). These runs skip the guide, which would cost each
+# variant part of its budget, and every variant gets 4.5 minutes: long enough that the baseline draws
+# digits (with scribbles among them), short enough that seven runs fit in about forty minutes. The
+# baseline is trained twice, with two seeds, so that the table shows how far two runs of the *same*
+# recipe land apart: a difference between variants smaller than that is noise.
 
 # %%
 base = get_config(PRESET)
@@ -100,10 +101,9 @@ for name, change in variants.items():
     print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(configs[name].model))):>10,} parameters")
 
 # %% [markdown]
-# The small UNet (8/16/32) has a quarter of the baseline's parameters but costs only 1.6x less per
-# step: at these sizes much of a step is fixed cost (normalization, attention, the optimizer update,
-# dispatch), so halving the channels does not halve the time. The large UNet (32/64/128, the
-# previous `cpu` preset) costs 2.4x more per step and gets correspondingly fewer steps.
+# The small UNet (8/16/32) has about a quarter of the baseline's parameters and the large one
+# (32/64/128, the `cpu` preset of an earlier version) about four times as many; what that costs per
+# step shows in the images/s column of the results below.
 #
 # ## 3. Training every variant
 #
@@ -173,45 +173,51 @@ fig = tutorial.plot_image_rows(grids, ncols=20, size=0.45)
 tutorial.show(fig, "variants_side_by_side")
 
 # %% [markdown]
-# How to read the table and the grids (one row of samples per variant, same seeds):
+# How to read the table and the grids (one row of samples per variant; every row but the second
+# starts from the same noise):
 #
-# - **Every run is short**: 150 s is about 1,200 steps (0.65 epochs) of the baseline, and every
-#   Frechet distance (1,000-1,500) is far above that of real digits (about 50 at N = 200). The
-#   strokes are speckled and many shapes are not yet digits. This is a comparison of how fast each
-#   recipe *starts* to learn, which is what a reader with a few minutes of CPU cares about; the
-#   20-minute comparisons in the README ("The cpu preset") are the long-run counterpart.
-# - **Equal compute is approximate on a shared machine**: the step counts come from steps timed
-#   before training, and the runs then took 169-183 s instead of 150 (the machine was slower while
-#   they ran) and the small UNet 135 s. Read differences of a few percent in time as noise.
-# - **Noise in the scores**: with 200 samples, a confident share of 40% has a standard error of
-#   about 3.5 points, so differences below ~7 points (the baseline, Huber loss and the linear
-#   schedule here, 38.5-42%) are not evidence either way; the Frechet distance separates them
-#   more clearly (the baseline's 1,042 is the best of the table).
-# - **The model size of the preset is a sweet spot at this budget.** The small UNet (8/16/32) takes
-#   57% more steps but scores worse (FD 1,215, 31.5% confident): too little capacity. The large one
-#   (32/64/128, the previous `cpu` preset) gets only 519 steps and is the worst row (FD 1,483,
-#   24.5%). Parameters cost time, and the best model for a few minutes of CPU is the one that
-#   balances capacity against steps; the README's 20-minute runs found the same between 16/32/64
-#   and 32/64/128.
-# - **The prediction target is visible by eye**: epsilon-prediction draws thick, blotchy shapes, and
-#   the classifier is confident on only 27.5% of them (v-prediction, the baseline: 40.5%). The
-#   sampler recovers the image as $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$,
-#   which amplifies any error in $\hat\varepsilon$, most of all at the noisy steps where
-#   $\bar\alpha_t$ is small. v-prediction gives clean images earlier; at 20 minutes each the same
-#   switch raised the confident share from 61% to 70% (README).
-# - **Min-SNR weighting helps a little**: uniform weighting is worse on both figures (FD 1,230,
-#   35.5%), in line with its purpose (Hang et al. 2023: the nearly clean timesteps dominate an
-#   unweighted loss and slow learning of the others).
+# - **The baseline draws digits, not yet good ones.** After 4.5 minutes most of its samples are
+#   digits (1s, 7s, 9s, 3s and 8s are easy to find in its row) and a good part are still scribbles:
+#   a bit over half are classified with confidence, and the Frechet distance is more than ten times
+#   that of real digits at the same N. This compares how fast each recipe *learns*, at the budget a
+#   reader with a few minutes of CPU has; the Results page's 20-minute runs are the long-run
+#   counterpart.
+# - **Two seeds of the same recipe set the noise level, and it is large.** The baseline's two runs
+#   differ in Frechet distance by the amount printed below the table, much more than in confident
+#   share. Part of it is the machine: at equal wall time the two runs took different numbers of
+#   steps (the images/s column), because the shared CPU ran at a different speed while each trained.
+#   A variant's FD inside the two seeds' range says nothing, and neither does a confident share
+#   within a few points (exercise 3 measures the standard error of one share).
+# - **The prediction target is the one change clearly outside the noise**: epsilon-prediction's
+#   confident share is about ten points below both seeds of the baseline, and its row shows why: thick,
+#   blotchy shapes and a few filled squares. The sampler recovers the image as
+#   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error in
+#   $\hat\varepsilon$ by $1/\sqrt{\bar\alpha_t}$, most of all at the noisy steps where $\bar\alpha_t$ is
+#   small (exercise 2 measures it). v-prediction (notebook 04) avoids this.
 # - **The denoising error is a fair yardstick within one schedule, not across schedules**: the
-#   linear schedule has by far the lowest (0.049) but a worse Frechet distance (1,356). Its
-#   alpha_bar falls fast, so many of its timesteps are almost pure noise, where predicting the noise
-#   is easy (x_t is nearly the noise itself); averaged over uniform t, that flatters it.
-# - **The seed decides the digit, the recipe decides how clean it is**: the same column looks alike
-#   in most rows, because every variant starts from the same noise and draws the same sampler noise;
-#   early models agree on the coarse shape. The linear schedule's row differs most: its noise
-#   levels, and so the path from noise to image, are different.
-# - The **training loss** column mixes different quantities (Huber vs squared error, v vs epsilon
-#   targets, weighted vs unweighted) and must not be compared across rows.
+#   linear schedule has by far the lowest, yet its samples are no better (a lower confident share
+#   than either seed). At the same $t$ its $\bar\alpha_t$ is lower than the cosine schedule's, so
+#   its $x_t$ holds more noise, and noise is easier to predict the more of it there is; averaged over
+#   uniform $t$, that flatters it (exercise 1).
+# - **Model size, at equal time, is close to a tie.** The small UNet takes the most steps and the
+#   large one the fewest (its images/s are half the baseline's or less), and neither beats the
+#   baseline by more than the seeds differ: the large UNet learns more per step and makes up for
+#   taking fewer. The preset's width is chosen for the 20-minute run, where the Results page
+#   compares the sizes at full length.
+# - **Min-SNR weighting does not show at this budget**: uniform weighting lands close to the
+#   baseline, its confident share within a few points and its FD near the top of the seeds' range,
+#   differences smaller than the two seeds' own gap in FD. Its purpose (Hang et al. 2023) is faster convergence of the
+#   middle noise levels, which a 20-minute run measures better than a 4-minute one.
+# - **The seed decides the digit, the recipe how clean it is**: the same column looks alike in most
+#   rows, because those variants start from the same noise and draw the same sampler noise. The
+#   second seed's row differs entirely (another initialisation and another noise), and the linear
+#   schedule's differs most among the others: its noise levels, and so the path from noise to
+#   image, are different.
+# - The **training loss** column mixes different quantities (v vs epsilon targets, weighted vs
+#   unweighted, different schedules) and must not be compared across rows.
+#
+# To test a finding with more confidence, raise `BUDGET_MINUTES` and `NUM_SAMPLES`, train more seeds
+# of the baseline, and run on an otherwise idle machine.
 #
 # ## Summary
 # One table, one budget, every variant trained for real, and the baseline twice so that the noise
@@ -267,3 +273,21 @@ shares = [np.mean(rng.choice(confident, size=len(confident))) for _ in range(100
 seed_gap = abs(rows[0][6] - rows[1][6])
 print(f"baseline: {np.mean(confident):.1%} confident, bootstrap standard error {np.std(shares):.1%} "
       f"(N = {len(confident)}); the two seeds differ by {seed_gap:.1%}")
+
+# %% [markdown] jupyter={"source_hidden": true}
+# **1.** The linear schedule's noise-prediction error is the lower one at every $t$, not only at the
+# noisy end. The same $t$ is not the same noise level in the two schedules: the linear schedule's
+# $\bar\alpha_t$ falls faster (notebook 02), so at every $t$ its $x_t$ is noisier, and predicting
+# the noise is easier the more of $x_t$ it makes up. Compare schedules by samples, or at equal
+# $\bar\alpha$, never by an error averaged over $t$.
+#
+# **2.** At small $t$ the two image estimates are close; towards $t = T$ the epsilon model's
+# $\hat x_0$ error grows far beyond the v model's, by over an order of magnitude at the last $t$:
+# dividing by $\sqrt{\bar\alpha_t} \approx 0$ amplifies every error in $\hat\varepsilon$.
+# v-prediction's $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$ divides by nothing.
+#
+# **3.** The bootstrap standard error of one confident share of 500 samples is about two points, so
+# two shares must differ by about six points (twice the standard error of a difference) before the
+# sampling alone cannot explain it. The two seeds differ by less than that in confident share; their
+# Frechet distances differ far more, since training noise (and the steps each run got) moves FD
+# more than it moves the share.

@@ -102,17 +102,22 @@ def _experiments() -> dict[str, dict[str, float]]:
                 r"^([a-zA-Z][\w ,-]+?)\s+(\d+)\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", text, re.M)}
 
 
-def test_06_the_baseline_draws_digits_and_its_two_seeds_agree_closer_than_the_variants_differ():
+def test_06_the_baseline_draws_digits_and_only_epsilon_prediction_falls_outside_the_seed_noise():
     rows = _experiments()
     base, seed2 = rows["baseline"], rows["baseline, seed 2"]
-    assert min(base["conf"], seed2["conf"]) >= 50, "section 1: at this budget the baseline draws digits"
-    assert abs(base["err"] - seed2["err"]) < 0.005, "the seeds agree on the denoising error"
+    assert min(base["conf"], seed2["conf"]) >= 50, "section 4: a bit over half of the baseline's samples are confident"
+    assert abs(base["conf"] - seed2["conf"]) <= 5, "the two seeds agree within a few points of confident share"
     eps = rows["epsilon-prediction"]
-    assert eps["conf"] < min(base["conf"], seed2["conf"]) - abs(base["conf"] - seed2["conf"]), \
-        "epsilon-prediction is less confident than either seed of the baseline, by more than their gap"
+    assert eps["conf"] <= min(base["conf"], seed2["conf"]) - 8, "epsilon-prediction: about ten points below both seeds"
     linear = rows["linear schedule"]
-    assert linear["err"] < min(base["err"], seed2["err"]) and linear["fd"] > max(base["fd"], seed2["fd"]), \
-        "the linear schedule's low denoising error flatters it: its FD is worse than both seeds'"
+    assert linear["err"] < 0.8 * min(base["err"], seed2["err"]), "the linear schedule has by far the lowest error"
+    assert linear["conf"] < min(base["conf"], seed2["conf"]) and linear["fd"] > min(base["fd"], seed2["fd"]), \
+        "yet its samples are no better than the baseline's"
+    fds = sorted((base["fd"], seed2["fd"]))
+    for name in ("small UNet", "large UNet"):
+        assert rows[name]["fd"] > fds[0] and rows[name]["conf"] < max(base["conf"], seed2["conf"]), \
+            f"{name}: not better than the baseline by more than the seeds differ"
+    assert rows["small UNet"]["steps"] > base["steps"] > rows["large UNet"]["steps"], "cost per step orders the steps"
 
 
 def test_06_exercises_locate_the_linear_schedule_and_epsilon_errors():
