@@ -185,7 +185,7 @@ tutorial.show(fig, "variants_side_by_side")
 # - **Two seeds of the same recipe set the noise level, and it is large.** The baseline's two runs
 #   differ in Frechet distance by the amount printed below the table, much more than in confident
 #   share. Part of it is the machine: at equal wall time the two runs took different numbers of
-#   steps (the images/s column), because the shared CPU ran at a different speed while each trained.
+#   steps (the images/s column), because the CPU ran at a different speed while each trained.
 #   A variant's FD inside the two seeds' range says nothing, and neither does a confident share
 #   within a few points (exercise 3 measures the standard error of one share).
 # - **The prediction target is the one change clearly outside the noise**: epsilon-prediction's
