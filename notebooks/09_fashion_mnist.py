@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 09 · The same pipeline on Fashion-MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 1e13b7e; the notebook took 11 min 55 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 3e85f04; the notebook took 12 min 09 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Fashion-MNIST (Xiao et al. 2017) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
