@@ -124,23 +124,37 @@ def main(argv=None) -> int:
     p.add_argument("--manual-dir", default=None)
     args = p.parse_args(argv)
 
-    out = Path(args.out or Path(args.run_dir) / "sampler_sweep").with_suffix(".json")
-    if args.plot_only:
-        saved = json.loads(out.read_text())
-        plot([r for r in saved["rows"] if r["n"] == args.n], out.with_suffix(".png"), _title(saved["run"], args.n))
-        return 0
-    from helpers.checkpoints import load_run
-    from helpers.environment import tune_for_cpu
-    from helpers.runs import machine_description
-
-    tune_for_cpu()
-    _, trainer = load_run(args.run_dir)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
+    if args.n < 2 or args.seeds < 1:
+        p.error("--n must be at least 2 (FD needs a covariance) and --seeds at least 1")
     if args.autoguidance_scale is not None and args.autoguidance_scale < 1:
         p.error("--autoguidance-scale must be at least 1 (1 turns autoguidance off)")
     grid = [s for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
+    if not grid:
+        p.error(f"--only matches no setting; the settings are: {', '.join(setting_name(*s) for s in GRID)}")
+    out = Path(args.out or Path(args.run_dir) / "sampler_sweep").with_suffix(".json")
+    if args.plot_only:
+        if not out.is_file():
+            p.error(f"--plot-only redraws {out}, which does not exist: run the sweep first (or pass its --out)")
+        saved = json.loads(out.read_text())
+        plot([r for r in saved["rows"] if r["n"] == args.n], out.with_suffix(".png"), _title(saved["run"], args.n))
+        return 0
+    from helpers.checkpoints import CheckpointError, load_run
+    from helpers.runs import machine_description
+
+    try:
+        _, trainer = load_run(args.run_dir)
+    except (ValueError, CheckpointError) as err:
+        p.error(str(err))
+    intervals = [s for s in grid if s[3] in ("interval", "high", "upper")]
+    if intervals and trainer.cfg.num_timesteps != 1000:
+        p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
+                f"{trainer.cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
+    if (trainer.guide is None or not trainer.guide.ready) and any(s[3] != "off" for s in grid):
+        p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
+                f"taken): choose the 'off' settings (--only off)")
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
     for setting in grid:
         for seed in range(args.seeds):
             row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
@@ -154,4 +168,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
     raise SystemExit(main())

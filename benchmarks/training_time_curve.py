@@ -46,6 +46,8 @@ def score_run(folder: Path, num_samples: int, data_dir, manual_dir) -> dict:
     preset = PRESETS["cpu"]
     sampler = {k: getattr(preset, k) for k in ("sampler", "sample_steps", "eta", "autoguidance_scale",
                                                 "autoguidance_interval")}
+    if trainer.guide is None or not trainer.guide.ready:  # a run too short to reach its guide's step
+        sampler["autoguidance_scale"] = 1.0
     trainer.cfg = cfg.replace(**sampler)
     x = np.asarray(trainer.sample(jax.random.key(0), num_samples))
     figures = get_evaluator(data_dir, manual_dir).evaluate(x)
@@ -93,10 +95,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--manual-dir", default=None)
     args = p.parse_args(argv)
+    if min(args.minutes) <= 0 or args.n < 2:
+        p.error("--minutes must be positive and --n at least 2 (FD needs a covariance)")
 
-    from helpers.environment import tune_for_cpu
-
-    tune_for_cpu()
     runs_dir = Path(args.runs_dir)
     points = []
     for minutes in sorted(args.minutes):
@@ -112,4 +113,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from helpers.environment import tune_for_cpu
+
+    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
     raise SystemExit(main())

@@ -295,3 +295,78 @@ def test_compare_torch_says_which_command_failed(tmp_path, body, message):
         compare_torch.main(["--torch-python", sys.executable, "--reference", str(fake), "--models", "small"])
     text = str(e.value.code)
     assert message in text and str(fake) in text and " bench " in text
+
+
+def test_sampler_sweep_scores_each_setting_and_seed(tiny_run, tmp_path, tfds_dir, mnist_archives):
+    import sampler_sweep
+
+    out, _ = tiny_run
+    data = ["--data-dir", str(tfds_dir), "--manual-dir", str(mnist_archives)]
+    prefix = tmp_path / "sweep"
+    assert sampler_sweep.main([str(out), "--n", "16", "--seeds", "2", "--only", "ddim eta=1 25 all",
+                               "dpmpp_2m_sde 10 all", "--out", str(prefix), *data]) == 0
+    saved = json.loads(prefix.with_suffix(".json").read_text())
+    rows = {(r["setting"], r["seed"]): r for r in saved["rows"]}
+    assert set(rows) == {(s, seed) for s in ("ddim eta=1 25 all", "dpmpp_2m_sde 10 all") for seed in (0, 1)}
+    for r in rows.values():  # every step runs the model and the guide
+        assert r["nfe"] == 2 * r["steps"] and r["w"] == 2.0 and r["n"] == 16
+        assert np.isfinite(r["fd"]) and r["fd"] > 0 and 0 <= r["confident"] <= 1
+    assert rows[("ddim eta=1 25 all", 0)]["fd"] != rows[("ddim eta=1 25 all", 1)]["fd"]  # the seeds differ
+    assert saved["steps"] == 8 and prefix.with_suffix(".png").stat().st_size > 0
+    prefix.with_suffix(".png").unlink()
+    assert sampler_sweep.main([str(out), "--n", "16", "--out", str(prefix), "--plot-only"]) == 0
+    assert prefix.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "euler"], "--only matches no setting"),
+    (["--n", "1"], "--n must be at least 2"),
+    (["--autoguidance-scale", "0.5"], "--autoguidance-scale must be at least 1"),
+    (["--only", "ddim eta=1 50 interval"], "1,000-step schedule"),
+    (["--plot-only", "--out", "nowhere/sweep"], "does not exist"),
+])
+def test_sampler_sweep_bad_input(tiny_run, argv, message, capsys):
+    import sampler_sweep
+
+    out, _ = tiny_run
+    with pytest.raises(SystemExit) as e:
+        sampler_sweep.main([str(out), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_sampler_sweep_missing_run_is_a_clear_error(tmp_path, capsys):
+    import sampler_sweep
+
+    with pytest.raises(SystemExit) as e:
+        sampler_sweep.main([str(tmp_path / "no-run"), "--only", "ddim eta=1 25 all"])
+    assert e.value.code == 2 and "no-run" in capsys.readouterr().err
+
+
+def test_training_time_curve_trains_scores_and_plots(tmp_path, tfds_dir, mnist_archives, monkeypatch):
+    import training_time_curve
+
+    from helpers import config
+
+    # the cpu preset's own code path, on the tiny model: the curve's runs take seconds
+    tiny = config.PRESETS["tiny"]
+    monkeypatch.setitem(config.PRESETS, "cpu", tiny.replace(preset="cpu", max_steps=None, fit_steps_to_time=True))
+    runs = tmp_path / "curve"
+    argv = ["--minutes", "0.05", "0.1", "--runs-dir", str(runs), "--n", "16",
+            "--data-dir", str(tfds_dir), "--manual-dir", str(mnist_archives)]
+    assert training_time_curve.main(argv) == 0
+    points = json.loads((runs / "time_curve.json").read_text())
+    assert [p["minutes"] for p in points] == [0.05, 0.1]
+    assert all(p["steps"] > 0 and np.isfinite(p["fd"]) and len(p["samples"]) == 12 for p in points)
+    assert (runs / "time_curve.png").stat().st_size > 0
+    assert training_time_curve.main(argv) == 0  # the finished runs are reused, not retrained
+    again = json.loads((runs / "time_curve.json").read_text())
+    assert [p["steps"] for p in again] == [p["steps"] for p in points]
+
+
+def test_training_time_curve_bad_flags(capsys):
+    import training_time_curve
+
+    with pytest.raises(SystemExit) as e:
+        training_time_curve.main(["--minutes", "0"])
+    assert e.value.code == 2 and "--minutes must be positive" in capsys.readouterr().err
