@@ -4,10 +4,12 @@
     python benchmarks/sampler_sweep.py runs/cpu --only dpmpp_2m_sde  # one sampler's rows
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "ddim eta=1 100 all" "ddim eta=1 50 all"
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "dpmpp_2m_sde 50 all" --autoguidance-scale 2.5
+    python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "dpmpp_2m_sde 50 all" --guide-step 2000
 
 Each setting draws N samples (default 1,000, the main job's N) from the same starting noise and scores
 them with the shipped classifier; `--seeds 3` repeats each with three noise seeds, so the noise of each
-figure is known. Results go to OUT.json (default RUN_DIR/sampler_sweep; merged with earlier rows) with
+figure is known. `--guide-step S` guides with the EMA weights of the run's kept checkpoint of step S instead
+of the run's own guide (the guide's age). Results go to OUT.json (default RUN_DIR/sampler_sweep; merged with earlier rows) with
 the run, machine and commit, and a plot of FD against network evaluations, one line per sampler and
 guidance setting, to OUT.png.
 """
@@ -75,19 +77,21 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    lines = sorted({(r["sampler"], r["eta"], r["guidance"], r.get("w")) for r in rows}, key=str)
+    line_of = lambda r: (r["sampler"], r["eta"], r["guidance"], r.get("w"), r.get("guide_step"))  # noqa: E731
+    lines = sorted({line_of(r) for r in rows}, key=str)
     colors = dict(zip(["all", "high", "upper", "interval", "off"], plt.cm.tab10.colors))
     styles = {("ddim", 0.0): ("s", ":"), ("ddim", 1.0): ("o", "-"), ("ddpm", 1.0): ("*", "-"),
               ("dpmpp_2m", 0.0): ("^", "--"), ("dpmpp_2m_sde", 0.0): ("D", "-.")}
     scales = {r.get("w") for r in rows if r["guidance"] != "off"}
-    for sampler, eta, guidance, w in lines:
-        mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"], r.get("w")) == (sampler, eta, guidance, w)]
+    for sampler, eta, guidance, w, guide_step in lines:
+        mine = [r for r in rows if line_of(r) == (sampler, eta, guidance, w, guide_step)]
         nfes = sorted({r["nfe"] for r in mine})
         fds = [[r["fd"] for r in mine if r["nfe"] == k] for k in nfes]
         mean = np.array([np.mean(f) for f in fds])
         err = np.array([[m - min(f), max(f) - m] for m, f in zip(mean, fds)]).T
         label = f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''}, guidance {guidance}" + (
-            f" w={w:g}" if len(scales) > 1 and guidance != "off" else "")
+            f" w={w:g}" if len(scales) > 1 and guidance != "off" else "") + (
+            f", guide from step {guide_step:,}" if guide_step is not None else "")
         marker, style = styles[(sampler, eta)]
         ax.errorbar(nfes, mean, yerr=err, marker=marker, linestyle=style, color=colors[guidance], capsize=3, label=label,
                     alpha=1.0 if w in (None, 1.0, 2.0) else 0.6)
@@ -110,7 +114,8 @@ def _title(run_dir: str, n: int) -> str:
     return f"{Path(run_dir).name}: {n:,} samples per point (mean of the seeds; bars: their range)"
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
+    """The flags, checked before any run is loaded; returns (parser, args, grid)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run folder written by scripts/train.py, with a guide model")
     p.add_argument("--n", type=int, default=1000, help="samples per setting (FD depends on N: keep it fixed)")
@@ -118,12 +123,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=None, help="settings whose name contains one of these texts")
     p.add_argument("--autoguidance-scale", type=float, default=None,
                    help="guidance scale w for the guided settings (default: the run's own)")
+    p.add_argument("--guide-step", type=int, default=None,
+                   help="guide with the EMA weights of this kept checkpoint (default: the run's own guide)")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sampler_sweep)")
     p.add_argument("--plot-only", action="store_true", help="redraw OUT.png from OUT.json, sampling nothing")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--manual-dir", default=None)
     args = p.parse_args(argv)
-
     if args.n < 2 or args.seeds < 1:
         p.error("--n must be at least 2 (FD needs a covariance) and --seeds at least 1")
     if args.autoguidance_scale is not None and args.autoguidance_scale < 1:
@@ -131,6 +137,32 @@ def main(argv=None) -> int:
     grid = [s for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
     if not grid:
         p.error(f"--only matches no setting; the settings are: {', '.join(setting_name(*s) for s in GRID)}")
+    return p, args, grid
+
+
+def load_trainer(p, args, grid):
+    """The run's trainer, its guide replaced by the EMA weights of `--guide-step` if given; a usage error
+    when the run, the guide or a setting's interval does not fit."""
+    from helpers.checkpoints import CheckpointError, load_run
+
+    try:
+        _, trainer = load_run(args.run_dir)
+        if args.guide_step is not None and trainer.guide is not None:
+            _, earlier = load_run(args.run_dir, step=args.guide_step)
+            trainer.guide.take(earlier.ema.model, args.guide_step)
+    except (ValueError, CheckpointError) as err:
+        p.error(str(err))
+    if any(s[3] in ("interval", "high", "upper") for s in grid) and trainer.cfg.num_timesteps != 1000:
+        p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
+                f"{trainer.cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
+    if (trainer.guide is None or not trainer.guide.ready) and any(s[3] != "off" for s in grid):
+        p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
+                f"taken): choose the 'off' settings (--only off)")
+    return trainer
+
+
+def main(argv=None) -> int:
+    p, args, grid = parse_args(argv)
     out = Path(args.out or Path(args.run_dir) / "sampler_sweep").with_suffix(".json")
     if args.plot_only:
         if not out.is_file():
@@ -138,26 +170,17 @@ def main(argv=None) -> int:
         saved = json.loads(out.read_text())
         plot([r for r in saved["rows"] if r["n"] == args.n], out.with_suffix(".png"), _title(saved["run"], args.n))
         return 0
-    from helpers.checkpoints import CheckpointError, load_run
     from helpers.runs import machine_description
 
-    try:
-        _, trainer = load_run(args.run_dir)
-    except (ValueError, CheckpointError) as err:
-        p.error(str(err))
-    intervals = [s for s in grid if s[3] in ("interval", "high", "upper")]
-    if intervals and trainer.cfg.num_timesteps != 1000:
-        p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
-                f"{trainer.cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
-    if (trainer.guide is None or not trainer.guide.ready) and any(s[3] != "off" for s in grid):
-        p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
-                f"taken): choose the 'off' settings (--only off)")
+    trainer = load_trainer(p, args, grid)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
     for setting in grid:
         for seed in range(args.seeds):
             row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
+            if args.guide_step is not None and setting[3] != "off":
+                row.update(setting=f"{row['setting']} guide={args.guide_step}", guide_step=args.guide_step)
             rows = [r for r in rows if (r["setting"], r["seed"], r["n"]) != (row["setting"], seed, args.n)] + [row]
             out.write_text(json.dumps({**record, "rows": rows}, indent=1))
             print(f"{row['setting']:28s} seed {seed}: {row['nfe']:5d} NFE {row['seconds']:6.1f} s  FD {row['fd']:6.2f}  "

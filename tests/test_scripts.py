@@ -313,6 +313,12 @@ def test_sampler_sweep_scores_each_setting_and_seed(tiny_run, tmp_path, tfds_dir
         assert np.isfinite(r["fd"]) and r["fd"] > 0 and 0 <= r["confident"] <= 1
     assert rows[("ddim eta=1 25 all", 0)]["fd"] != rows[("ddim eta=1 25 all", 1)]["fd"]  # the seeds differ
     assert saved["steps"] == 8 and prefix.with_suffix(".png").stat().st_size > 0
+    # the guide's age: the final EMA weights as the guide, in place of the run's own (step 4 of 8)
+    assert sampler_sweep.main([str(out), "--n", "16", "--only", "dpmpp_2m_sde 10 all", "--guide-step", "8",
+                               "--out", str(prefix), *data]) == 0
+    rows = {(r["setting"], r["seed"]): r for r in json.loads(prefix.with_suffix(".json").read_text())["rows"]}
+    aged = rows[("dpmpp_2m_sde 10 all guide=8", 0)]
+    assert aged["guide_step"] == 8 and aged["fd"] != rows[("dpmpp_2m_sde 10 all", 0)]["fd"]
     prefix.with_suffix(".png").unlink()
     assert sampler_sweep.main([str(out), "--n", "16", "--out", str(prefix), "--plot-only"]) == 0
     assert prefix.with_suffix(".png").stat().st_size > 0
@@ -324,6 +330,7 @@ def test_sampler_sweep_scores_each_setting_and_seed(tiny_run, tmp_path, tfds_dir
     (["--autoguidance-scale", "0.5"], "--autoguidance-scale must be at least 1"),
     (["--only", "ddim eta=1 50 interval"], "1,000-step schedule"),
     (["--plot-only", "--out", "nowhere/sweep"], "does not exist"),
+    (["--only", "ddim eta=1 25 all", "--guide-step", "5"], "no checkpoint of step 5"),
 ])
 def test_sampler_sweep_bad_input(tiny_run, argv, message, capsys):
     import sampler_sweep
