@@ -69,8 +69,8 @@ def plot(points: list[dict], path: Path) -> None:
     fig = plt.figure(figsize=(9, 3.2 + 0.9 * len(points)))
     grid = fig.add_gridspec(1 + len(points), 2, height_ratios=[3.2] + [0.9] * len(points))
     minutes = [p["minutes"] for p in points]
-    for col, (key, label) in enumerate((("fd", "Frechet distance (lower is better)"),
-                                        ("confident", "share classified with confidence > 0.9"))):
+    for col, (key, label) in enumerate((("fd", "FD (lower: better)"),
+                                        ("confident", "share confident (> 0.9)"))):
         ax = fig.add_subplot(grid[0, col])
         ax.plot(minutes, [p[key] for p in points], marker="o")
         ax.set(xlabel="training minutes (cpu preset)", ylabel=label, xticks=minutes)
