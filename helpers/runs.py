@@ -34,7 +34,7 @@ def fit_steps_to_time(trainer: Trainer, log=print) -> Config:
     steps = steps_that_fit(seconds, cfg.time_limit_minutes, chunk=cfg.log_every)
     log(f"timed {timed} steps: {1000 * seconds:.0f} ms per step on this machine, so {steps:,} steps fill "
         f"{FIT_MARGIN:.0%} of the {cfg.time_limit_minutes:g}-minute limit (the preset's plan: {trainer.total_steps:,}); "
-        f"training re-plans from its own rate every {REPLAN_EVERY:.0%} of the limit")
+        f"training re-plans from its own rate every {REPLAN_EVERY:.0%} of the limit, up to {REPLAN_UNTIL:.0%}")
     trainer.cfg = cfg.replace(max_steps=steps, fit_steps_to_time=True)
     trainer.plan(steps)
     return trainer.cfg

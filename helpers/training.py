@@ -269,7 +269,7 @@ class Trainer:
                 now = time.perf_counter()
                 clock = clock or (now, self.step)  # the first chunk's compilation is no part of the rate
                 if now - started >= next_plan * budget and clock[1] < self.step < self.total_steps:
-                    next_plan = next_plan + REPLAN_EVERY if next_plan + REPLAN_EVERY <= REPLAN_UNTIL + 1e-9 else math.inf
+                    next_plan = min(next_plan + REPLAN_EVERY, REPLAN_UNTIL) if next_plan < REPLAN_UNTIL - 1e-9 else math.inf
                     rate = (now - clock[0]) / (self.step - clock[1])
                     self.cfg = self.cfg.replace(max_steps=self.step + steps_that_fit(
                         rate, (plan_end - now) / 60, self.cfg.log_every, margin=1.0), fit_steps_to_time=True)
@@ -318,7 +318,7 @@ def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: floa
 
 
 FIT_MARGIN = 0.92  # share of the time limit the first plan, from a few timed steps, fills
-REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.9  # a fitted run re-plans at 10%, 20%, ..., 90% of its time limit
+REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.95  # a fitted run re-plans at 10%, 20%, ..., 90% and 95% of its time limit
 PLAN_END = 0.98  # where the re-plans aim the last step: a little room for the last chunk and the final save
 
 
