@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 01 · The data pipeline: MNIST from disk to device
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit eb036c0; the notebook took 10 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit 397b7b5; the notebook took 9 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model learns to turn noise into images, so before any model we need images: the
@@ -177,7 +177,7 @@ tutorial.show(fig, "shuffled_batch")
 # Each runs in seconds; the solutions are in collapsed cells (click to expand).
 #
 # 1. Which digit uses the most ink? Compute the mean pixel value (in [0, 1]) of each class.
-# 2. With batch 32 (the `cpu` preset), how many batches make an epoch, and how many real images
+# 2. With batch 64 (the `cpu` preset), how many batches make an epoch, and how many real images
 #    does the last one hold?
 # 3. Show that the order of an epoch depends only on (seed, epoch): call `epoch_order` twice with
 #    the same arguments, then with the next epoch.
@@ -189,10 +189,10 @@ print("mean pixel value per class:", {d: round(v, 3) for d, v in ink.items()})
 print("most ink:", max(ink, key=ink.get), "- least:", min(ink, key=ink.get))
 
 # %% jupyter={"source_hidden": true}
-# Solution 2: ceil(n / 32) batches; the last one is padded and masked.
-spe_32 = data.steps_per_epoch(n, 32)
-_, last_mask = data.batch_slice(data.epoch_order(key, 0, n, 32), spe_32 - 1, n, 32)
-print(f"batch 32: {spe_32:,} batches per epoch; the last holds {int(last_mask.sum())} real images")
+# Solution 2: ceil(n / 64) batches; the last one is padded and masked.
+spe_64 = data.steps_per_epoch(n, 64)
+_, last_mask = data.batch_slice(data.epoch_order(key, 0, n, 64), spe_64 - 1, n, 64)
+print(f"batch 64: {spe_64:,} batches per epoch; the last holds {int(last_mask.sum())} real images")
 
 # %% jupyter={"source_hidden": true}
 # Solution 3: a pure function of its arguments; the next epoch is another permutation.
