@@ -19,7 +19,7 @@ from helpers.config import Config
 from helpers.data import load_split
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
-from helpers.training import FIT_MARGIN, REPLAN_EVERY, Trainer, seconds_per_step, steps_that_fit
+from helpers.training import FIT_MARGIN, REPLAN_EVERY, REPLAN_UNTIL, Trainer, seconds_per_step, steps_that_fit
 from helpers.unet import count_params, create_unet
 
 class RunExistsError(FileExistsError):
