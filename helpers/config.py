@@ -1,7 +1,7 @@
 """Run configuration and presets: `paper` (the reference tutorial, for GPUs), `cpu` and `tiny`.
 
-Every field can be overridden: `get_config("cpu", batch_size=64)` in a notebook, or
-`--batch-size 64` on the command line (scripts/train.py builds its flags from these fields).
+Every field can be overridden: `get_config("cpu", batch_size=128)` in a notebook, or
+`--batch-size 128` on the command line (scripts/train.py builds its flags from these fields).
 The measurements behind the `cpu` preset's choices are on the docs site's Results page."""
 
 from __future__ import annotations

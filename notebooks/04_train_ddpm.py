@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 23 min 17 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 23 min 40 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial, step
@@ -382,7 +382,7 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 #
 # The `cpu` preset sets `fit_steps_to_time`: before training, the run times a few compiled steps
 # and plans the steps that fill 92% of the 20-minute limit on *this* machine; every 10% of the limit
-# it re-plans the remaining steps from its own measured rate, so that the learning rate finishes its
+# up to 90%, and once more at 95%, it re-plans the remaining steps from its own measured rate, so that the learning rate finishes its
 # decay just before the limit however the machine's speed changes (a run cut off half-way down the
 # cosine would stop with a high learning rate and rougher samples). The plan is written to the
 # run's `config.json`, so a resumed run keeps it.

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 8 min 46 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 8 min 52 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict noise. Sampling runs the process backwards: start from
@@ -131,8 +131,8 @@ fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, 
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows linearly with the number of network calls: the table's milliseconds per call vary only a
-# little between rows. In the
+# Time grows about linearly with the number of network calls: most rows take 47-50 ms per call
+# (the last column; a single timing on a shared machine can come out slower, as one row here). In the
 # grid, DDIM-10 already draws the same digits as DDIM-200; by eye, more steps change almost nothing.
 # The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
 # digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different
@@ -210,11 +210,12 @@ tutorial.show(fig, "sampler_scores")
 # What the scores show (300 samples per setting: a confident share near 80% has a standard error
 # of about 2.3 points, so only differences of 5 points or more are clear):
 #
-# - **With $\eta = 0$, more steps barely help**: the confident share stays within a point from 25 to
+# - **With $\eta = 0$, more steps barely help**: the confident share stays within two points from 25 to
 #   100 steps, and the Frechet distance improves only a little. This is what the grid in section 3
 #   suggested.
 # - **$\eta = 1$ is better at 25 and 100 steps**: several points more confident samples and a
-#   clearly lower Frechet distance. At 50 steps the two are within noise here.
+#   clearly lower Frechet distance. At 50 steps $\eta = 1$ is a few points more confident but no lower
+#   in Frechet distance: within noise here.
 # - **DDPM-1000 scores about like DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
 #   subsequence), at ten times the network evaluations.
 # - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
@@ -244,7 +245,7 @@ tutorial.show(fig, "sampler_scores")
 # training taught", and $w > 1$ goes further in that direction. It is the same extrapolation as
 # classifier-free guidance (notebook 07), but it needs no labels, so it works for our unconditional
 # model. The weak model costs nothing extra here: training kept a frozen copy of the EMA weights
-# at 15% of the run (`guide_fraction`), and `sample(..., guide=..., autoguidance_scale=w)` runs both
+# at about 15% of the run (`guide_fraction`), and `sample(..., guide=..., autoguidance_scale=w)` runs both
 # networks at every step (so sampling takes twice as long). $w = 1$ is the plain model.
 
 # %%
@@ -291,25 +292,25 @@ tutorial.show(fig, "autoguidance_scores")
 # guide alone, then the final model alone, then guided with growing $w$). The guide draws thin,
 # broken or ambiguous shapes; the final model draws better ones but still some malformed digits;
 # with guidance most of those are repaired (the third and seventh columns become clean 3s, the ninth
-# a 4, the last a 5), sometimes into another digit than the unguided shape suggested. Between $w = 2.25$
-# and 3 the rows change little by eye, with bolder strokes at 3.
+# a 4, the last a 6), sometimes into another digit than the unguided shape suggested. Between $w = 2$
+# and 3 most columns keep their digit (the first turns into a 0), with bolder strokes at 3.
 #
 # The scores (300 samples per $w$; standard error about 1.7 points near 90% confident):
 #
-# - **The confident share jumps** by several points at $w = 1.5$, and reaches 90-94% from $w = 2$ on.
-# - **The Frechet distance falls by more than half**, to its lowest at $w$ = 2-2.25, then rises again
+# - **The confident share jumps** by about ten points at $w = 1.5$ and keeps rising slowly, to
+#   94-96% from $w = 2$ on.
+# - **The Frechet distance falls to less than a third**, to its lowest at $w = 2$, then rises again
 #   as the stronger extrapolation pushes the digits past the real ones (bolder, more uniform strokes).
-# - **No class is lost**: every class keeps between 5% and 13% of the samples at every $w$, so the
+# - **No class is lost**: every class keeps between 6% and 14% of the samples at every $w$, so the
 #   gain is not the classifier being confident on one easy digit.
 #
-# The `cpu` preset uses $w = 2.25$, chosen on 1,000 samples of the main job's runs with several
-# noise seeds (the docs' Results page): there $w = 2.25$ lifted the confident share by about a point
-# over $w = 2$ at a Frechet distance within the seeds' noise (at N = 300, as here, the two are within
-# noise of each other). Why does a worse model help? Karras et
+# The `cpu` preset uses $w = 2$, chosen on 1,000 samples of the main job's runs with several noise
+# seeds (the docs' Results page): with the preset's batch of 64, $w = 2.25$ gave a higher Frechet
+# distance than $w = 2$ at the same confident share. Why does a worse model help? Karras et
 # al. argue that an under-trained model errs in the same directions as a well-trained one, only
 # more: the difference between the two points away from those errors, towards the typical digits.
 # The guide must be a version of *the same* model, so that both make the same kinds of mistakes;
-# here it is the EMA weights at 15% of the run (`guide_fraction`). The price is a second network
+# here it is the EMA weights at about 15% of the run (`guide_fraction`). The price is a second network
 # evaluation at every step.
 #
 # ## 7. Fewer network evaluations: DPM-Solver++ and a guidance interval
@@ -439,9 +440,9 @@ tutorial.show(fig, "trajectory_x0")
 # The noisy $x_t$ (first figure) stays mostly noise for the first half of the steps; the digit shows
 # through from about $t = 545$ and is clean only at the end. The $\hat x_0$ guesses (second figure)
 # tell the real story: the model commits to *which* digit early, as a blurry average (three of the
-# four rows show their final digit by $t = 777$; the last row starts as something like a 0 and is a 7
-# by $t = 666$), and spends the later steps on stroke
-# width and detail. The same process as an animation:
+# four rows show their final digit by $t = 777$; the last row starts as something like a 0 and
+# settles by $t = 555$ on a malformed shape, of the kind autoguidance repairs, unused here), and
+# spends the later steps on stroke width and detail. The same process as an animation:
 
 # %%
 gif = save_trajectory_gif(xs, tutorial.tutorial_run_dir(PRESET) / "trajectory.gif", ncols=4, frames=40)

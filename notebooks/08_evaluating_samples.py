@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Evaluating samples without downloading anything
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 5618dfa; the notebook took 1 min 27 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 1 min 25 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -155,7 +155,7 @@ print(f"\nnearest-training-neighbour distance of real test digits (what 'new dig
 # - **The trained model** should land between the real digits and the broken ones; how close to the
 #   real row it gets is the measure of the run. Here (notebook 04's 20-minute CPU run, sampled
 #   with autoguidance, the table's second row): a Frechet distance far below every broken row, though
-#   still above the real digits'; a confident share about ten points below theirs; every
+#   still above the real digits'; a confident share about seven points below theirs; every
 #   class near 10%, like real digits; and samples a little farther from their nearest training
 #   image than new real digits are: no copying.
 
@@ -198,7 +198,7 @@ tutorial.show(fig, "best_and_worst")
 
 # %% [markdown]
 # The least confident samples are the ones a person would also hesitate over: open or fragmented
-# strokes, and shapes between two classes (a 9 that could be a 7, an 8 that could be a 3). The most
+# strokes, and shapes between two classes (a 4 that could be a 9, an 8 that could be a 3). The most
 # confident ones are clean, typical digits. Those hesitant shapes are the share below the 0.9 line
 # printed above, what keeps the tutorial run from the real digits' confident share.
 #
