@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit d16366c; the notebook took 39 min 55 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 38 min 22 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
@@ -188,26 +188,31 @@ tutorial.show(fig, "variants_side_by_side")
 #   steps (the images/s column), because the CPU ran at a different speed while each trained.
 #   A variant's FD inside the two seeds' range says nothing, and neither does a confident share
 #   within a few points (exercise 3 measures the standard error of one share).
-# - **The prediction target is the one change clearly outside the noise**: epsilon-prediction's
-#   confident share is about ten points below both seeds of the baseline, and its row shows why: thick,
-#   blotchy shapes and a few filled squares. The sampler recovers the image as
+# - **At this budget the prediction target stays inside the noise**: epsilon-prediction's confident
+#   share lies within a few points of both seeds and its FD below both, though its row shows
+#   somewhat thicker, blotchier shapes. Where the two targets do differ is the image estimate at the
+#   noisy end: the sampler recovers the image as
 #   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error in
 #   $\hat\varepsilon$ by $1/\sqrt{\bar\alpha_t}$, most of all at the noisy steps where $\bar\alpha_t$ is
-#   small (exercise 2 measures it). v-prediction (notebook 04) avoids this.
+#   small (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. Over 20 minutes
+#   that difference showed in the samples (the Results page, "How the preset was chosen").
 # - **The denoising error is a fair yardstick within one schedule, not across schedules**: the
-#   linear schedule has by far the lowest, yet its samples are no better (a lower confident share
-#   than either seed). At the same $t$ its $\bar\alpha_t$ is lower than the cosine schedule's, so
-#   its $x_t$ holds more noise, and noise is easier to predict the more of it there is; averaged over
-#   uniform $t$, that flatters it (exercise 1).
-# - **Model size, at equal time, is close to a tie.** The small UNet takes the most steps and the
-#   large one the fewest (its images/s are half the baseline's or less), and neither beats the
-#   baseline by more than the seeds differ: the large UNet learns more per step and makes up for
-#   taking fewer. The preset's width is chosen for the 20-minute run, where the Results page
-#   compares the sizes at full length.
-# - **Min-SNR weighting does not show at this budget**: uniform weighting lands close to the
-#   baseline, its confident share within a few points and its FD near the top of the seeds' range,
-#   differences smaller than the two seeds' own gap in FD. Its purpose (Hang et al. 2023) is faster convergence of the
-#   middle noise levels, which a 20-minute run measures better than a 4-minute one.
+#   linear schedule has by far the lowest, yet its samples are no better beyond the noise (a
+#   confident share about a point above the better seed's, an FD inside the seeds' range). At the
+#   same $t$ its $\bar\alpha_t$ is lower than the cosine schedule's, so its $x_t$ holds more noise,
+#   and noise is easier to predict the more of it there is; averaged over uniform $t$, that flatters
+#   it (exercise 1).
+# - **Model size, at equal time: bigger is no better, smaller is worse.** The small UNet takes the
+#   most steps and the large one the fewest (its images/s are half the baseline's or less). The
+#   large UNet learns more per step and makes up for taking fewer: its FD lies below both seeds', by
+#   less than the seeds differ, and its confident share is within a few points. The small UNet's
+#   many cheap steps do not make up for its size: its confident share is the lowest in the table,
+#   about seven points below the baseline's, the one gap near the edge of the noise. The preset's
+#   width is chosen for the 20-minute run, where the Results page compares the sizes at full length.
+# - **Min-SNR weighting does not show in the confident share at this budget**: uniform weighting
+#   lands within a point of the baseline's, and its FD above both seeds', by less than the two
+#   seeds' own gap. Its purpose (Hang et al. 2023) is faster convergence of the middle noise
+#   levels, which a 20-minute run measures better than a 4-minute one.
 # - **The seed decides the digit, the recipe how clean it is**: the same column looks alike in most
 #   rows, because those variants start from the same noise and draw the same sampler noise. The
 #   second seed's row differs entirely (another initialisation and another noise), and the linear
@@ -228,7 +233,7 @@ tutorial.show(fig, "variants_side_by_side")
 #
 # Each runs in seconds on the models trained above; the solutions are in collapsed cells.
 #
-# 1. The linear schedule has the lowest denoising error in the table, yet not the best samples.
+# 1. The linear schedule has by far the lowest denoising error in the table, yet no better samples.
 #    Measure the error at a few single timesteps t for the baseline and the linear schedule: at
 #    which noise levels does the linear schedule's advantage come from?
 # 2. Compare the epsilon- and v-prediction models by the error of their *image* estimate
