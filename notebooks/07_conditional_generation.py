@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 07 · Conditional generation with classifier-free guidance
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 1e13b7e; the notebook took 15 min 51 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit 5a028a9; the notebook took 15 min 31 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # So far the model draws *some* digit. To ask for a 7, we give the UNet the label as a second
@@ -113,8 +113,8 @@ print(f"real test digits: {real['confident_share']:10.1%} {real['frechet_distanc
 # ignored (the unconditional model), so the label match is near the 10% of chance. Raising $w$ pulls
 # each sample towards its label: already at $w = 1$ (the plain conditional model) most samples are
 # the digit asked for, and from $w = 2$ on all of them in this draw (the table above). Read the
-# grid column by column to see it happen: in column 2 the same noise draws a 6-like loop at
-# $w = 0$, a broken shape at $w = 1$ and a 2 from $w = 2$ on; column 8 turns a 3-like scrawl into an 8.
+# grid column by column to see it happen: in column 3 the same noise draws a 1 at
+# $w = 0$, a faint broken stroke at $w = 1$ and a 3 from $w = 2$ on; column 6 turns an 8-like loop into a 6.
 #
 # Guidance also makes the classifier confident: the share of samples it classifies with
 # confidence > 0.9 rises with $w$ just as the label match does. The Frechet distance is harder to
@@ -171,9 +171,9 @@ for w, shares in match.items():
     print(f"w = {w:<6} " + " ".join(f"{m:4.0%}" for m in shares))
 
 # %% [markdown] jupyter={"source_hidden": true}
-# Without guidance ($w = 1$) the conditional model already draws the asked-for 0s, 1s and 3s every
-# time; the misses are spread over the other digits, 8 most of all, and $w = 3$ fixes every one of
-# them in this draw (10 samples per digit, so one miss is 10 points).
+# Without guidance ($w = 1$) the conditional model already draws the asked-for 0s and 1s every
+# time; the misses are spread over the other digits, 2s, 4s and 5s most of all, and $w = 3$ fixes
+# every one of them in this draw (10 samples per digit, so one miss is 10 points).
 
 # %% jupyter={"source_hidden": true}
 # Solution 2: ten starting noises (columns), each drawn as every digit (rows). Deterministic DDIM
@@ -210,5 +210,5 @@ print(f"real test digits: {evaluator.evaluate(evaluator.test_m11[:n_more])['frec
 # With three times the samples the Frechet distance is less noisy, and it rises from the lowest
 # scale tried to $w = 3$ while the label match and the confident share are already near their
 # ceiling at the lowest: for this model a scale between 1.5 and 2 is the better trade than the
-# default 3. At this N the least varied samples can again score below real digits, so read FD here
-# as a ranking.
+# default 3. At this N FD still carries a small-sample bias (real digits score the printed figure,
+# far above 0), so read FD here as a ranking.
