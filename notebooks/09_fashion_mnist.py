@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 09 · The same pipeline on Fashion-MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (Intel(R) Xeon(R) Processor, 2 cores), 2026-12-03, commit 3e85f04; the notebook took 12 min 09 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit eff025f; the notebook took 11 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Fashion-MNIST (Xiao et al. 2017) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
@@ -160,8 +160,8 @@ tutorial.show(fig, "exercise_nearest_neighbours")
 
 # %% [markdown] jupyter={"source_hidden": true}
 # The samples lie about as far from their nearest training image as real test images do (the
-# distances above), and none is nearly a copy: each nearest image is the same kind of garment, in a
-# different picture. The model has learnt what clothes look like, not the training set.
+# distances above), and none is nearly a copy: most nearest images are the same kind of garment, in a
+# different picture, and the speckled samples sit near plainer ones. The model has learnt what clothes look like, not the training set.
 
 # %% jupyter={"source_hidden": true}
 # Solution 2: samples back to 0-255 grey levels, then section 1's statistic.
