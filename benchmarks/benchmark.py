@@ -8,7 +8,8 @@
 Train step: images/s after compilation, compile time, ms per step, FLOPs per step from XLA's cost
 analysis and the GFLOP/s achieved, next to a large matmul measured in the same run (what the
 machine can do). Sampling: DDIM-100 and DDPM-1000 wall time for 64 samples (compilation
-excluded). Also the epoch time and the projected time of the config's full run at this speed.
+excluded). Also the epoch time and the projected time of the config's whole run (its planned steps)
+at this speed.
 """
 
 from __future__ import annotations
@@ -54,28 +55,34 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def time_train_step(trainer, steps: int) -> dict:
-    """Compile time, seconds per step and XLA's FLOP count of the trainer's step."""
+def time_train_step(cfg, images, labels, steps: int) -> dict:
+    """Compile time, seconds per step and XLA's FLOP count of the run's step (the training loop's own
+    `run_chunk`, its batches gathered on the device)."""
     import jax
-
-    from helpers.training import compiled_train_step
-
-    t = time.perf_counter()
-    jax.block_until_ready(trainer.run_chunk(0, 1))  # compiles
-    compile_s = time.perf_counter() - t
-    jax.block_until_ready(trainer.run_chunk(1, 2))  # warm-up
-    t = time.perf_counter()
-    jax.block_until_ready(trainer.run_chunk(3, steps))
-    step_s = (time.perf_counter() - t) / steps
+    import numpy as np
     from flax import nnx
 
-    graphdef, state = nnx.split((trainer.model, trainer.optimizer, trainer.ema))
-    x0, mask = jax.numpy.zeros((trainer.cfg.batch_size, 32, 32, 1)), jax.numpy.ones(trainer.cfg.batch_size)
-    lowered = compiled_train_step.lower(graphdef, state, trainer.schedule, x0, None, mask, jax.random.key(0),
-                                        jax.numpy.float32(trainer.cfg.learning_rate), cfg=trainer.step_cfg)
+    from helpers.distributed import data_mesh
+    from helpers.training import BatchFeed, TrainState, compiled_train_step, make_plan, place_state, run_chunk
+
+    mesh = data_mesh()
+    state = place_state(TrainState(cfg), mesh)
+    feed, plan = BatchFeed(cfg, state, images, labels, mesh), make_plan(cfg, len(images), total_steps=10**6)
+    t = time.perf_counter()
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 0, 1))  # compiles
+    compile_s = time.perf_counter() - t
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 1, 3))  # warm-up
+    t = time.perf_counter()
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 3, 3 + steps))
+    step_s = (time.perf_counter() - t) / steps
+    graphdef, pure = nnx.split(state)
+    x0, labels, mask = feed.batch(0)
+    lowered = compiled_train_step.lower(graphdef, pure, x0, labels, mask, np.int32(0), np.float32(cfg.learning_rate),
+                                        cfg=cfg)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {"compile_s": compile_s, "step_s": step_s, "flops": float((cost or {}).get("flops", float("nan")))}
+    return {"compile_s": compile_s, "step_s": step_s, "flops": float((cost or {}).get("flops", float("nan"))),
+            "state": state}
 
 
 def main(argv=None) -> int:
@@ -93,10 +100,10 @@ def main(argv=None) -> int:
     import numpy as np
 
     from helpers.config import get_config
-    from helpers.runs import machine_description
+    from helpers.environment import machine_description
     from helpers.sampling import sample
-    from helpers.training import Trainer
-    from helpers.unet import count_params, create_unet
+    from helpers.training import make_plan, noise_schedule
+    from helpers.unet import count_params
 
     try:
         overrides = dict(parse_set(item) for item in args.set) | ({"batch_size": args.batch} if args.batch else {})
@@ -106,23 +113,24 @@ def main(argv=None) -> int:
     if args.steps <= 0 or args.samples <= 0:
         fail("--steps and --samples must be positive.")
     images = np.random.default_rng(0).integers(0, 256, size=(max(cfg.batch_size * 4, 1024), 28, 28, 1), dtype=np.uint8)
-    trainer = Trainer(cfg, create_unet(cfg.model, seed=0), images, total_steps=10**6)
-    timing = time_train_step(trainer, args.steps)
+    labels = np.random.default_rng(1).integers(0, 10, size=len(images))
+    timing = time_train_step(cfg, images, labels, args.steps)
+    model = timing["state"].ema.model
     step_s, images_per_s = timing["step_s"], cfg.batch_size / timing["step_s"]
     result = {
         "preset": cfg.preset, "machine": machine_description(), "batch": cfg.batch_size, "dtype": cfg.model.dtype,
-        "parameters": count_params(trainer.model), "images_per_s": round(images_per_s, 2),
+        "parameters": count_params(model), "images_per_s": round(images_per_s, 2),
         "ms_per_step": round(step_s * 1000, 1), "compile_s": round(timing["compile_s"], 1),
         "gflop_per_step": round(timing["flops"] / 1e9, 2), "achieved_gflops": round(timing["flops"] / step_s / 1e9, 1),
         "matmul_gflops": round(matmul_gflops(), 1), "epoch_s": round(60_000 / images_per_s, 1),
-        f"projected_{cfg.epochs}_epochs_min": round(cfg.epochs * 60_000 / images_per_s / 60, 1),
+        "projected_run_min": round(make_plan(cfg, 60_000).total_steps * step_s / 60, 1),
     }
     samplers = [] if args.skip_sampling else [("ddim100", dict(sampler="ddim", steps=100))] + (
         [] if args.skip_ddpm else [("ddpm1000", dict(sampler="ddpm"))])
     for name, options in samplers:
-        jax.block_until_ready(sample(trainer.ema.model, trainer.schedule, jax.random.key(0), args.samples, **options))
+        jax.block_until_ready(sample(model, noise_schedule(cfg), jax.random.key(0), args.samples, **options))
         t = time.perf_counter()
-        jax.block_until_ready(sample(trainer.ema.model, trainer.schedule, jax.random.key(1), args.samples, **options))
+        jax.block_until_ready(sample(model, noise_schedule(cfg), jax.random.key(1), args.samples, **options))
         result[f"{name}_s_for_{args.samples}"] = round(time.perf_counter() - t, 2)
     print(json.dumps(result))
     width = max(len(k) for k in result)

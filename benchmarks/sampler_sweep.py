@@ -46,25 +46,26 @@ def setting_name(sampler: str, eta: float, steps: int, guidance: str, scale: flo
         f" w={scale:g}" if scale is not None and guidance != "off" else "")
 
 
-def score(trainer, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir, scale=None) -> dict:
-    """Sample N images with one setting (guidance scale `scale`, default the run's) and score them;
-    returns the figures with NFE and seconds."""
+def score(run, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir, scale=None) -> dict:
+    """Sample N images of `run` = (cfg, state) with one setting (guidance scale `scale`, default the run's)
+    and score them; returns the figures with NFE and seconds."""
     import jax
     import numpy as np
 
     from helpers.metrics import get_evaluator
+    from helpers.runs import autoguidance_of, draw_samples
     from helpers.sampling import make_sampler, network_evaluations
+    from helpers.training import noise_schedule
 
     guided = guidance != "off"
-    cfg = trainer.cfg.replace(autoguidance_interval=INTERVALS[guidance])
-    trainer.cfg = cfg
-    t0 = time.perf_counter()
+    cfg, state = run[0].replace(autoguidance_interval=INTERVALS[guidance]), run[1]
     w = (cfg.autoguidance_scale if scale is None else scale) if guided else 1.0
-    x = np.asarray(trainer.sample(jax.random.key(seed), n, sampler=sampler, steps=steps, eta=eta,
-                                  autoguidance_scale=w))
+    t0 = time.perf_counter()
+    x = np.asarray(draw_samples(cfg, state, jax.random.key(seed), n, sampler=sampler, steps=steps, eta=eta,
+                                autoguidance=autoguidance_of(cfg, state, w)))
     seconds = time.perf_counter() - t0
     figures = get_evaluator(data_dir, manual_dir).evaluate(x)
-    nfe = network_evaluations(make_sampler(trainer.schedule, sampler, steps, eta), INTERVALS[guidance], guided)
+    nfe = network_evaluations(make_sampler(noise_schedule(cfg), sampler, steps, eta), INTERVALS[guidance], guided)
     return {"setting": setting_name(sampler, eta, steps, guidance, scale), "sampler": sampler, "eta": eta,
             "steps": steps, "guidance": guidance, "w": w, "seed": seed, "n": n, "nfe": nfe, "seconds": round(seconds, 1),
             "fd": round(figures["frechet_distance"], 2), "confident": figures["confident_share"],
@@ -140,25 +141,26 @@ def parse_args(argv):
     return p, args, grid
 
 
-def load_trainer(p, args, grid):
-    """The run's trainer, its guide replaced by the EMA weights of `--guide-step` if given; a usage error
-    when the run, the guide or a setting's interval does not fit."""
-    from helpers.checkpoints import CheckpointError, load_run
+def load_for_sweep(p, args, grid):
+    """The run's (cfg, state), its guide replaced by the EMA weights of `--guide-step` if given; a usage
+    error when the run, the guide or a setting's interval does not fit."""
+    from helpers.checkpoints import CheckpointError
+    from helpers.runs import load_run
 
     try:
-        _, trainer = load_run(args.run_dir)
-        if args.guide_step is not None and trainer.guide is not None:
+        cfg, state = load_run(args.run_dir)
+        if args.guide_step is not None and state.guide is not None:
             _, earlier = load_run(args.run_dir, step=args.guide_step)
-            trainer.guide.take(earlier.ema.model, args.guide_step)
+            state.guide.take(earlier.ema.model, args.guide_step)
     except (ValueError, CheckpointError) as err:
         p.error(str(err))
-    if any(s[3] in ("interval", "high", "upper") for s in grid) and trainer.cfg.num_timesteps != 1000:
+    if any(s[3] in ("interval", "high", "upper") for s in grid) and cfg.num_timesteps != 1000:
         p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
-                f"{trainer.cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
-    if (trainer.guide is None or not trainer.guide.ready) and any(s[3] != "off" for s in grid):
+                f"{cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
+    if (state.guide is None or state.guide.step < 0) and any(s[3] != "off" for s in grid):
         p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
                 f"taken): choose the 'off' settings (--only off)")
-    return trainer
+    return cfg, state
 
 
 def main(argv=None) -> int:
@@ -170,15 +172,15 @@ def main(argv=None) -> int:
         saved = json.loads(out.read_text())
         plot([r for r in saved["rows"] if r["n"] == args.n], out.with_suffix(".png"), _title(saved["run"], args.n))
         return 0
-    from helpers.runs import machine_description
+    from helpers.environment import machine_description
 
-    trainer = load_trainer(p, args, grid)
+    run = load_for_sweep(p, args, grid)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    record = {"run": args.run_dir, "steps": trainer.step, "machine": machine_description(), "commit": commit}
+    record = {"run": args.run_dir, "steps": run[1].step, "machine": machine_description(), "commit": commit}
     for setting in grid:
         for seed in range(args.seeds):
-            row = score(trainer, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
+            row = score(run, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
             if args.guide_step is not None and setting[3] != "off":
                 row.update(setting=f"{row['setting']} guide={args.guide_step}", guide_step=args.guide_step)
             rows = [r for r in rows if (r["setting"], r["seed"], r["n"]) != (row["setting"], seed, args.n)] + [row]

@@ -3,9 +3,9 @@
     python benchmarks/training_time_curve.py                       # 5, 10 and 20 minutes, ~45 min on 2 cores
     python benchmarks/training_time_curve.py --minutes 5 10 20 40
 
-Each point is a full `cpu` run (`scripts/train.py --preset cpu --time-limit-minutes M`, so the
-learning-rate decay fits M minutes) in RUNS_DIR/<M>min; a folder that already holds a finished run is
-reused (`ln -s ../main runs/time-curve/20min` reuses the main job). Every run is then sampled with the
+Each point is a full `cpu` run with a time budget (`scripts/train.py --preset cpu --minutes M`: one step
+is timed and the run planned once, so its learning-rate decay fits M minutes) in RUNS_DIR/<M>min; a
+folder that already holds a finished run is reused. Every run is then sampled with the
 preset's current sampler settings from the same noise and scored with the shipped classifier (N = 1,000).
 Writes RUNS_DIR/time_curve.json and time_curve.png: FD and confident share against minutes, and a row of
 samples for each run.
@@ -29,8 +29,7 @@ def train_if_missing(minutes: float, folder: Path, data_dir, manual_dir) -> None
         print(f"{folder}: reusing the finished run")
         return
     print(f"{folder}: training the cpu preset for {minutes:g} minutes", flush=True)
-    train_run(get_config("cpu", time_limit_minutes=minutes), folder, data_dir=data_dir, manual_dir=manual_dir,
-              evaluate=False)
+    train_run(get_config("cpu", minutes=minutes), folder, data_dir=data_dir, manual_dir=manual_dir, evaluate=False)
 
 
 def score_run(folder: Path, num_samples: int, data_dir, manual_dir) -> dict:
@@ -38,21 +37,19 @@ def score_run(folder: Path, num_samples: int, data_dir, manual_dir) -> dict:
     import jax
     import numpy as np
 
-    from helpers.checkpoints import load_run
     from helpers.config import PRESETS
     from helpers.metrics import get_evaluator
+    from helpers.runs import autoguidance_of, draw_samples, load_run
 
-    cfg, trainer = load_run(folder)
+    cfg, state = load_run(folder)
     preset = PRESETS["cpu"]
     sampler = {k: getattr(preset, k) for k in ("sampler", "sample_steps", "eta", "autoguidance_scale",
                                                 "autoguidance_interval")}
-    if trainer.guide is None or not trainer.guide.ready:  # a run too short to reach its guide's step
-        sampler["autoguidance_scale"] = 1.0
-    trainer.cfg = cfg.replace(**sampler)
-    x = np.asarray(trainer.sample(jax.random.key(0), num_samples))
+    cfg = cfg.replace(**sampler)
+    x = np.asarray(draw_samples(cfg, state, jax.random.key(0), num_samples, autoguidance=autoguidance_of(cfg, state)))
     figures = get_evaluator(data_dir, manual_dir).evaluate(x)
     summary = json.loads((folder / "summary.json").read_text())
-    return {"minutes": cfg.time_limit_minutes, "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+    return {"minutes": cfg.minutes, "steps": summary["steps"], "train_seconds": summary["train_seconds"],
             "images_per_s": summary["images_per_s"], "machine": summary["machine"], "sampler": sampler,
             "fd": round(figures["frechet_distance"], 2), "confident": figures["confident_share"],
             "min_class": figures["min_class_share"], "max_class": figures["max_class_share"],

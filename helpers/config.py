@@ -2,7 +2,9 @@
 
 Every field can be overridden: `get_config("cpu", batch_size=128)` in a notebook, or
 `--batch-size 128` on the command line (scripts/train.py builds its flags from these fields).
-The measurements behind the `cpu` preset's choices are on the docs site's Results page."""
+A `Config` is a passive value: it names choices and checks them, it builds nothing, and a run
+never changes it. The measurements behind the `cpu` preset's choices are on the docs site's
+Results page."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from dataclasses import dataclass, field
 
 import jax
 
-from helpers.data import DATASETS, steps_per_epoch
+from helpers.data import DATASETS
 from helpers.losses import LOSSES, PREDICTIONS, WEIGHTINGS
-from helpers.sampling import make_sampler
-from helpers.schedules import NoiseSchedule
+from helpers.schedules import SCHEDULES
 from helpers.unet import UNetConfig
+
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Config:
     min_snr_gamma: float = 5.0
     label_dropout: float = 0.1  # class-conditional models only: P(label -> "no label") for CFG
     epochs: int = 50
-    max_steps: int | None = None  # stop after this many steps (the LR schedule spans them)
+    max_steps: int | None = None  # the run's number of steps, instead of epochs (the LR schedule spans them)
+    minutes: float | None = None  # a time budget instead: one step is timed and the run planned once to fit it
     batch_size: int = 256
     learning_rate: float = 1e-4  # peak, reached at the end of warmup
     warmup_steps: int = 500
@@ -54,8 +58,8 @@ class Config:
     eta: float = 0.0
     num_samples: int = 64
     guidance_scale: float = 3.0  # class-conditional models only: CFG weight w (labels 0-9 in turn)
-    # Autoguidance (Karras et al. 2024): the EMA weights at this fraction of the run are kept as a
-    # weak guide, and out = guide + w (model - guide) with w = autoguidance_scale (1: off).
+    # Autoguidance (Karras et al. 2024): the EMA weights at this fraction of the run's steps are kept
+    # as a weak guide, and out = guide + w (model - guide) with w = autoguidance_scale (1: off).
     guide_fraction: float | None = None
     autoguidance_scale: float = 1.0
     # Guide only at timesteps t_low <= t <= t_high (Kynkaanniemi et al. 2024); elsewhere one network call.
@@ -65,54 +69,43 @@ class Config:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     keep_checkpoints_every: int | None = None  # also keep each checkpoint whose step is a multiple of this
-    time_limit_minutes: float | None = None  # stop (and save) after this much training time
-    # Time the first steps and set max_steps to what fills the time limit, so that the learning
-    # rate decays fully on a slower or faster machine. An explicit max_steps or epochs turns it off.
-    fit_steps_to_time: bool = False
     preset: str = "custom"
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed; model fields may be given directly (`hidden_dims=...`)."""
         model_fields = {f.name for f in dataclasses.fields(UNetConfig)}
         model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
-        if ("max_steps" in changes or "epochs" in changes) and "fit_steps_to_time" not in changes:
-            changes["fit_steps_to_time"] = False  # an explicit step count wins over the time limit
         model = dataclasses.replace(changes.pop("model", self.model), **model_changes)
         return dataclasses.replace(self, model=model, **changes)
 
     def validate(self, num_train_examples: int | None = None) -> "Config":
-        """Raise ValueError with what to change for any value that cannot work."""
-        choices = {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES, "loss_weighting": WEIGHTINGS}
+        """Raise ValueError with what to change for any value that cannot work; returns the config."""
+        choices = {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES, "loss_weighting": WEIGHTINGS,
+                   "schedule": SCHEDULES, "sampler": SAMPLERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}.")
         for name in ("epochs", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "keep_checkpoints_every", "ema_every", "huber_delta", "min_snr_gamma", "max_steps",
-                     "train_limit", "time_limit_minutes"):
+                     "keep_checkpoints", "keep_checkpoints_every", "ema_every", "huber_delta", "min_snr_gamma",
+                     "max_steps", "minutes", "train_limit"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         for name in ("warmup_steps", "weight_decay", "grad_clip", "guidance_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}.")
-        if not 0.0 <= self.end_lr_fraction <= 1.0:
-            raise ValueError(f"end_lr_fraction must be in [0, 1], got {self.end_lr_fraction}.")
+        for name, (low, high) in {"end_lr_fraction": (0.0, 1.0), "eta": (0.0, 1.0)}.items():
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {getattr(self, name)}.")
         for name in ("ema_decay", "label_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        if self.fit_steps_to_time and self.time_limit_minutes is None:
-            raise ValueError("fit_steps_to_time needs a time limit: set time_limit_minutes (--time-limit-minutes), or max_steps.")
+        _check_schedule_and_sampler(self)
         _check_guide(self)
-        schedule = NoiseSchedule.create(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)
-        make_sampler(schedule, self.sampler, self.sample_steps, self.eta)  # sampler, steps and eta
         self.model.validate()
         if num_train_examples is not None and self.batch_size > num_train_examples:
             raise ValueError(f"batch_size {self.batch_size} is larger than the {num_train_examples} training "
                              f"images: lower --batch-size (or raise --train-limit).")
         return self
-
-    def total_steps(self, num_train_examples: int) -> int:
-        """Steps of the run: max_steps when given, else epochs x steps per epoch."""
-        return int(self.max_steps or self.epochs * steps_per_epoch(num_train_examples, self.batch_size))
 
     def to_json(self) -> str:
         """The config as indented JSON (what a run's `config.json` holds)."""
@@ -120,8 +113,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """The inverse of `to_json`'s dict; unknown fields are an error, not ignored."""
-        d = dict(d)
+        """The inverse of `to_json`'s dict; unknown fields are an error, not ignored (except the time-limit
+        fields of older runs, whose max_steps already holds the steps they planned)."""
+        d = {k: v for k, v in d.items() if k not in ("time_limit_minutes", "fit_steps_to_time")}
         model = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model", {}).items()}
         if d.get("autoguidance_interval") is not None:
             d["autoguidance_interval"] = tuple(d["autoguidance_interval"])
@@ -130,6 +124,17 @@ class Config:
         if unknown:
             raise ValueError(f"Unknown config fields {sorted(unknown)}.")
         return cls(model=UNetConfig(**model), **d)
+
+
+def _check_schedule_and_sampler(cfg: Config) -> None:
+    """The noise schedule's length and betas, and the sampler's steps (1..T; DDPM takes all T)."""
+    if cfg.num_timesteps < 2:
+        raise ValueError(f"num_timesteps must be at least 2, got {cfg.num_timesteps}.")
+    if cfg.schedule == "linear" and not 0 < cfg.beta_start <= cfg.beta_end < 1:
+        raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got {cfg.beta_start}, {cfg.beta_end}.")
+    if cfg.sampler != "ddpm" and not 1 <= cfg.sample_steps <= cfg.num_timesteps:
+        raise ValueError(f"sample steps must be in 1..{cfg.num_timesteps} (the schedule's timesteps), "
+                         f"got {cfg.sample_steps}.")
 
 
 def _check_guide(cfg: Config) -> None:
@@ -159,18 +164,17 @@ PRESETS: dict[str, Config] = {
         grad_clip=1.0, ema_decay=0.9999, ema_every=10, sample_steps=100, log_every=50, checkpoint_every=1000,
         keep_checkpoints_every=2000,
     ),
-    # Two CPU cores, 20 minutes: a narrow UNet on 2x2 patches, batch 64, v-prediction with min-SNR, a short
-    # EMA; DPM-Solver++(2M) SDE with 50 steps and autoguidance (100 network evaluations per sample).
-    # max_steps is the plan before fit_steps_to_time re-times it.
+    # Two CPU cores, about 20 minutes: a narrow UNet on 2x2 patches, batch 64, v-prediction with min-SNR,
+    # a short EMA; DPM-Solver++(2M) SDE with 50 steps and autoguidance (100 network evaluations per sample).
+    # 9,000 steps: what the main job trained in 19.6 minutes on 2-core AMD EPYCs (Results page).
     "cpu": Config(
         preset="cpu",
         model=UNetConfig(hidden_dims=(16, 32, 64), num_res_blocks=1, attention_resolutions=(4,),
                          activation="silu", time_embedding_dim=64, max_norm_groups=8, patch_size=2),
-        epochs=5, max_steps=8300, batch_size=64, learning_rate=1.4e-3, warmup_steps=200,
+        max_steps=9000, batch_size=64, learning_rate=1.4e-3, warmup_steps=200,
         prediction="v", loss="mse", loss_weighting="min_snr", weight_decay=0.0, ema_decay=0.999, ema_every=1,
         sampler="dpmpp_2m_sde", sample_steps=50, eta=1.0, num_samples=1000, log_every=50, checkpoint_every=500,
-        time_limit_minutes=20.0, fit_steps_to_time=True, guide_fraction=0.15, autoguidance_scale=2.0,
-        keep_checkpoints_every=2000,
+        guide_fraction=0.15, autoguidance_scale=2.0, keep_checkpoints_every=2000,
     ),
     # Seconds: CI and notebook smoke runs.
     "tiny": Config(

@@ -177,12 +177,14 @@ def batch_slice(order: jax.Array, pos, num_examples: int, batch_size: int):
     return idx, mask.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "sharding"))
-def get_batch(images_uint8, labels, order, position, batch_size: int, sharding=None):
-    """Batch `position` of an epoch `order`, gathered on the device: (x0 in [-1, 1], labels or None,
-    mask). With a `sharding`, the batch is split across devices along its first axis."""
+@functools.partial(jax.jit, static_argnames=("batch_size", "rows", "sharding"))
+def get_batch(images_uint8, labels, order, position, batch_size: int, rows: tuple[int, int] | None = None,
+              sharding=None):
+    """Batch `position` of an epoch `order`, gathered on the device: (x0 in [-1, 1], labels or None, mask).
+    With `rows` = (start, stop), only those rows of the batch (one process's share of a global batch);
+    with a `sharding`, split across devices along the first axis."""
     idx, mask = batch_slice(order, position, images_uint8.shape[0], batch_size)
-    x0 = to_model_range(images_uint8[idx])
-    if sharding is not None:
-        x0, mask = jax.lax.with_sharding_constraint((x0, mask), sharding)
-    return x0, None if labels is None else labels[idx], mask
+    if rows is not None:
+        idx, mask = idx[rows[0]:rows[1]], mask[rows[0]:rows[1]]
+    batch = (to_model_range(images_uint8[idx]), None if labels is None else labels[idx], mask)
+    return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)

@@ -1,6 +1,7 @@
-"""The process environment: GPU memory shared by TensorFlow (data) and JAX (everything else), and
+"""The process environment: GPU memory shared by TensorFlow (data) and JAX (everything else),
 `tune_for_cpu()`, the one explicit call that tunes XLA and the C library for a CPU (the scripts and
-the notebooks' `tutorial.setup` make it; the Performance page has the measurements behind it)."""
+the notebooks' `tutorial.setup` make it; the Performance page has the measurements behind it), and
+what a run records of the machine it ran on (`machine_description`, the CPU time other machines took)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from packaging.version import Version
 
 #: Set before TensorFlow or JAX is imported, as the reference tutorial lists them.
@@ -80,3 +82,31 @@ def tune_for_cpu(restart: bool = True) -> None:
               f"MNIST_DIFFUSION_HUGE_PAGES=0 skips this)", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os.execve(sys.executable, list(sys.orig_argv), env)
+
+
+def machine_description() -> str:
+    """E.g. 'cpu x1 (Intel(R) Xeon(R) Processor, 2 cores)' or 'gpu x1 (NVIDIA H100 80GB HBM3, 16 cores)';
+    with several processes, 'cpu x2 in 2 processes (...)'."""
+    import jax
+
+    devices = jax.devices()
+    kind = getattr(devices[0], "device_kind", "")
+    if jax.default_backend() == "cpu" or not kind:
+        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+        kind = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                    platform.processor() or platform.machine())
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"{jax.default_backend()} x{len(devices)}{processes} ({kind}, {os.cpu_count()} cores)"
+
+
+def cpu_times() -> np.ndarray | None:
+    """The machine's CPU time counters from /proc/stat (user ... steal), or None where there are none."""
+    stat = Path("/proc/stat")
+    return np.array(stat.read_text().split()[1:9], dtype=float) if stat.is_file() else None
+
+
+def steal_share(before: np.ndarray | None) -> float | None:
+    """Share of the CPU time since `before` that the hypervisor gave to other machines ("steal"):
+    time a virtual machine's loop waited that no change to our code can win back."""
+    after = cpu_times()
+    return None if before is None or after is None else round(float((after - before)[7] / (after - before).sum()), 3)

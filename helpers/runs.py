@@ -1,67 +1,51 @@
-"""A complete run in a folder (config, checkpoints, history, curve, samples, summary): `train_run`,
-which `scripts/train.py` wraps in a command line and the notebooks call directly."""
+"""A complete run in a folder (config, plan, checkpoints, history, curve, samples, summary): `train_run`,
+which `scripts/train.py` wraps in a command line and the notebooks call directly, and `load_run`.
+
+With several processes (`helpers.distributed`) every process trains; process 0 alone writes the
+folder's files and draws the samples."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
-from helpers.checkpoints import CheckpointManager, read_config
+from helpers.checkpoints import CheckpointError, CheckpointManager, read_config
 from helpers.config import Config
 from helpers.data import load_split
+from helpers.distributed import data_mesh, is_main_process, local_copy
+from helpers.environment import cpu_times, machine_description, steal_share
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
-from helpers.training import FIT_MARGIN, REPLAN_EVERY, REPLAN_UNTIL, Trainer, seconds_per_step, steps_that_fit
-from helpers.unet import count_params, create_unet
+from helpers.sampling import Autoguidance, sample
+from helpers.training import (BatchFeed, History, Plan, TrainState, make_plan, noise_schedule,
+                              place_state, seconds_per_step, steps_for_minutes, stop_at_non_finite_loss,
+                              take_guide_at, train)
+from helpers.unet import count_params
+
 
 class RunExistsError(FileExistsError):
     """The run folder exists (and --resume was not given) or cannot be made there."""
 
 
-def fit_steps_to_time(trainer: Trainer, log=print) -> Config:
-    """Time `trainer`'s step, re-plan it to the steps that fit its time limit, and return the config
-    with that max_steps: the learning-rate schedule then ends inside the limit on this machine."""
-    cfg, timed = trainer.cfg, max(20, trainer.cfg.log_every)
-    seconds = seconds_per_step(trainer, steps=timed)
-    steps = steps_that_fit(seconds, cfg.time_limit_minutes, chunk=cfg.log_every)
-    log(f"timed {timed} steps: {1000 * seconds:.0f} ms per step on this machine, so {steps:,} steps fill "
-        f"{FIT_MARGIN:.0%} of the {cfg.time_limit_minutes:g}-minute limit (the preset's plan: {trainer.total_steps:,}); "
-        f"training re-plans from its own rate every {REPLAN_EVERY:.0%} of the limit, up to {REPLAN_UNTIL:.0%}")
-    trainer.cfg = cfg.replace(max_steps=steps, fit_steps_to_time=True)
-    trainer.plan(steps)
-    return trainer.cfg
+class Run(NamedTuple):
+    """A run being trained: its folder, config and plan (both fixed), state, data feed and history."""
 
-
-def machine_description() -> str:
-    """E.g. 'cpu x1 (Intel(R) Xeon(R) Processor, 2 cores)' or 'gpu x1 (NVIDIA H100 80GB HBM3, 16 cores)'."""
-    devices = jax.devices()
-    kind = getattr(devices[0], "device_kind", "")
-    if jax.default_backend() == "cpu" or not kind:
-        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-        kind = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-                    platform.processor() or platform.machine())
-    return f"{jax.default_backend()} x{len(devices)} ({kind}, {os.cpu_count()} cores)"
-
-
-def cpu_times() -> np.ndarray | None:
-    """The machine's CPU time counters from /proc/stat (user ... steal), or None where there are none."""
-    stat = Path("/proc/stat")
-    return np.array(stat.read_text().split()[1:9], dtype=float) if stat.is_file() else None
-
-
-def steal_share(before: np.ndarray | None) -> float | None:
-    """Share of the CPU time since `before` that the hypervisor gave to other machines ("steal"):
-    time a virtual machine's loop waited that no change to our code can win back."""
-    after = cpu_times()
-    return None if before is None or after is None else round(float((after - before)[7] / (after - before).sum()), 3)
+    out: Path
+    cfg: Config
+    plan: Plan
+    state: TrainState
+    feed: BatchFeed
+    history: History
 
 
 def write_history(history: dict, out: Path) -> None:
@@ -89,117 +73,179 @@ def _make_run_folder(out: Path, resume: bool) -> bool:
     return made
 
 
-def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, manual_dir=None, log=print) -> Trainer:
-    """The run's Trainer with its data, planned (fit_steps_to_time) or resumed; config.json written."""
-    made = _make_run_folder(out, resume)
+def plan_run(cfg: Config, feed: BatchFeed, log=print) -> Plan:
+    """The run's plan: the config's steps, or with a time budget (`minutes`) the steps that fill it at
+    the speed of one step timed now (process 0's timing, so that every process plans alike)."""
+    if cfg.minutes is None:
+        return make_plan(cfg, feed.num_examples)
+    seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds_per_step(cfg, feed))))
+    plan = make_plan(cfg, feed.num_examples, steps_for_minutes(seconds, cfg.minutes, cfg.log_every))
+    log(f"timed one step at {1000 * seconds:.0f} ms on this machine: {plan.total_steps:,} steps fill the "
+        f"{cfg.minutes:g}-minute budget (planned once; the run does not re-plan)")
+    return plan
+
+
+def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, manual_dir=None, log=print,
+              devices=None) -> Run:
+    """A new run (config.json and plan.json written) or a resumed one, its state on the mesh of `devices`
+    (default: every device of every process)."""
+    made = _make_run_folder(out, resume) if is_main_process() else False
     cfg = read_config(out) if resume else cfg.validate()
     try:
         images, labels = load_split(cfg.dataset, "train", data_dir=data_dir, manual_dir=manual_dir,
                                     limit=cfg.train_limit)
+        cfg.validate(num_train_examples=len(images))
     except Exception:
         if made:  # nothing half-written: the folder goes again when there is no data
             out.rmdir()
         raise
-    trainer = Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images, labels)
-    if resume:  # a resumed run keeps the plan in its config.json
-        step = CheckpointManager(out / "checkpoints").restore_latest(trainer)
-        log(f"resumed {out} at step {step}" if step is not None else f"no checkpoint in {out}: starting at step 0")
-    elif cfg.fit_steps_to_time:
-        fit_steps_to_time(trainer, log=log)
-    (out / "config.json").write_text(trainer.cfg.to_json())
-    log(f"{trainer.cfg.preset} preset on {machine_description()}: UNet {cfg.model.channels}, "
-        f"{count_params(trainer.model):,} parameters; {trainer.total_steps} steps of batch {cfg.batch_size} "
-        f"({trainer.total_steps / trainer.steps_per_epoch:.2f} epochs of {trainer.num_examples} images)"
-        + (f"; the EMA weights at step {trainer.guide_step} are kept as the autoguidance guide" if trainer.guide else ""))
-    return trainer
+    mesh = data_mesh(devices)
+    state = place_state(TrainState(cfg), mesh)
+    feed = BatchFeed(cfg, state, images, labels, mesh)
+    if not resume:
+        plan = plan_run(cfg, feed, log)
+        if is_main_process():
+            (out / "config.json").write_text(cfg.to_json())
+            (out / "plan.json").write_text(json.dumps(plan.describe(), indent=2))
+        return Run(out, cfg, plan, state, feed, History(plan, cfg.batch_size))
+    saved = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
+    plan = make_plan(cfg, len(images), saved.get("total_steps"))
+    meta = CheckpointManager(out / "checkpoints").restore_latest(state)
+    log(f"resumed {out} at step {state.step}" if meta else f"no checkpoint in {out}: starting at step 0")
+    return Run(out, cfg, plan, state, feed, History(plan, cfg.batch_size, meta and meta["history"]))
 
 
-def train_with_checkpoints(trainer: Trainer, out: Path, progress: bool = True, replan: bool = False,
-                           log=print) -> float:
-    """`trainer.fit` (re-planned as it goes with `replan`) with a checkpoint every `checkpoint_every` steps,
-    written in the background, on Ctrl-C and at the end; returns the training time in seconds."""
-    ckpt = CheckpointManager(out / "checkpoints", keep=trainer.cfg.keep_checkpoints,
-                             keep_every=trainer.cfg.keep_checkpoints_every)
-    last_saved = [trainer.step]
+def describe_run(run: Run) -> str:
+    """One line: preset, machine, model, steps and epochs, the guide's step."""
+    cfg, plan = run.cfg, run.plan
+    guide = f"; the EMA weights at step {plan.guide_step:,} become the autoguidance guide" if plan.guide_step else ""
+    return (f"{cfg.preset} preset on {machine_description()}: UNet {cfg.model.channels}, "
+            f"{count_params(run.state.model):,} parameters; {plan.total_steps:,} steps of batch {cfg.batch_size} "
+            f"({plan.total_steps / plan.steps_per_epoch:.2f} epochs of {run.feed.num_examples:,} images){guide}")
 
-    def save(tr):
-        last_saved[0] = ckpt.save(tr)
-        (out / "config.json").write_text(tr.cfg.to_json())  # a re-planned max_steps, for --resume
-        write_history(tr.history, out)
 
-    def on_chunk(tr):
-        if tr.step - last_saved[0] >= tr.cfg.checkpoint_every:
-            save(tr)
+def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
+    """`train` with the run's hooks, a checkpoint at each of the plan's checkpoint steps among them
+    (written in the background); returns the training time in seconds."""
+    cfg, main = run.cfg, is_main_process()
+    ckpt = CheckpointManager(run.out / "checkpoints", keep=cfg.keep_checkpoints, keep_every=cfg.keep_checkpoints_every)
 
+    def save_checkpoint(state, chunk):
+        if chunk.stop in run.plan.checkpoint_steps:
+            ckpt.save(state.step, state, {"config": json.loads(cfg.to_json()), "history": run.history.record})
+            if main:
+                write_history(run.history.record, run.out)
+
+    bar = tqdm(total=run.plan.total_steps, initial=run.state.step, desc="training", unit="step",
+               disable=not (progress and main))
+
+    def show_progress(state, chunk):
+        bar.update(chunk.stop - chunk.start)
+        bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}", img_s=f"{len(chunk.losses) * cfg.batch_size / chunk.seconds:.0f}")
+
+    hooks = [stop_at_non_finite_loss, run.history, take_guide_at(run.plan.guide_step), save_checkpoint, show_progress]
     t0 = time.perf_counter()
     try:
-        trainer.fit(progress=progress, on_chunk=on_chunk, replan=replan)
+        with bar:
+            train(run.state, run.feed, run.plan, cfg, hooks)
     except KeyboardInterrupt:
-        save(trainer)
-        log(f"\ninterrupted: saved step {trainer.step} to {out}/checkpoints; continue with --resume")
+        log(f"\ninterrupted at step {run.state.step}: the checkpoints in {run.out}/checkpoints are kept; "
+            f"continue with --resume")
         raise
     finally:
         ckpt.wait()  # a background save completes before the run ends, however it ends
-    seconds = time.perf_counter() - t0
-    if trainer.step != last_saved[0] or not ckpt.steps():
-        save(trainer)
-    ckpt.wait()
-    return seconds
+    return time.perf_counter() - t0
 
 
-def sample_and_plot(trainer: Trainer, out: Path, log=print) -> tuple[np.ndarray, float, bool]:
-    """The run's samples (samples.npy, samples.png) and training curve; returns (samples, seconds, guided)."""
-    cfg = trainer.cfg
-    plt.close(plot_training_curve(trainer.history, path=out / "training_curve.png",
+def autoguidance_of(cfg: Config, state: TrainState, scale: float | None = None) -> Autoguidance | None:
+    """Whether and how a run samples with autoguidance, decided here once: None at scale 1 (default: the
+    config's scale), else its guide; a clear error when the run has no guide or has not taken it yet."""
+    scale = cfg.autoguidance_scale if scale is None else float(scale)
+    if scale == 1.0:
+        return None
+    if state.guide is None or state.guide.step < 0:
+        why = "it was trained without --guide-fraction" if state.guide is None else "not taken yet at this step"
+        raise ValueError(f"Autoguidance needs the run's guide model ({why}): use --autoguidance-scale 1.")
+    return Autoguidance(state.guide.model, scale, cfg.autoguidance_interval)
+
+
+def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autoguidance: Autoguidance | None,
+                 use_ema: bool = True, **options):
+    """`helpers.sampling.sample` from the run's EMA (or raw) weights with its sampler settings, unless
+    `options` override them; a class-conditional model draws the labels 0-9 in turn."""
+    opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
+    if cfg.model.num_classes:
+        opts.update(labels=np.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
+    model = state.ema.model if use_ema else state.model
+    return sample(model, noise_schedule(cfg), key, num_samples, autoguidance=autoguidance, **{**opts, **options})
+
+
+def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
+    """(config, state) of a run folder, with its newest readable checkpoint (or that of `step`) loaded.
+
+    The state is built abstractly with `nnx.eval_shape` (shapes only, no initialisation); the checkpoint
+    then fills it. `state.ema.model` is the EMA model to sample from."""
+    cfg = read_config(run_dir)
+    state = nnx.eval_shape(lambda: TrainState(cfg))
+    manager = CheckpointManager(Path(run_dir) / "checkpoints")
+    if step is not None:
+        manager.restore(step, state)
+    elif manager.restore_latest(state) is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (looked in {manager.directory}).")
+    return cfg, state
+
+
+def sample_and_plot(cfg: Config, state: TrainState, history: dict, out: Path):
+    """The run's samples (samples.npy, samples.png) and training curve; returns (samples, seconds, autoguidance)."""
+    plt.close(plot_training_curve(history, path=out / "training_curve.png",
                                   title=f"{cfg.preset}: loss and learning rate"))
-    guided = cfg.autoguidance_scale != 1.0 and trainer.guide.ready
-    if cfg.autoguidance_scale != 1.0 and not guided:  # e.g. a time limit that came before the guide's step
-        log(f"the run stopped before its guide was taken (step {trainer.guide_step}): sampling without autoguidance")
+    guidance = autoguidance_of(cfg, state)
     t0 = time.perf_counter()
-    x = np.asarray(trainer.sample(jax.random.key(cfg.seed + 1), cfg.num_samples,
-                                  autoguidance_scale=cfg.autoguidance_scale if guided else 1.0))
+    x = np.asarray(draw_samples(cfg, state, jax.random.key(cfg.seed + 1), cfg.num_samples, autoguidance=guidance))
     seconds = time.perf_counter() - t0
     np.save(out / "samples.npy", x)
     steps = cfg.num_timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
-    title = f"{cfg.sampler} with {steps} steps (EMA weights), step {trainer.step}"
-    title += f", autoguidance w = {cfg.autoguidance_scale:g}" if guided else ""
+    title = f"{cfg.sampler} with {steps} steps (EMA weights), step {state.step}"
+    title += f", autoguidance w = {guidance.scale:g}" if guidance else ""
     shown, ncols = x, None
     if cfg.model.num_classes:  # labels 0, 1, ..., 9 in turn: one column per class, ten rows
         title += f"\ncolumn = label, guidance w = {cfg.guidance_scale:g}"
         shown, ncols = x[:10 * cfg.model.num_classes], cfg.model.num_classes
     plt.close(plot_samples(shown, title=title, path=out / "samples.png", ncols=ncols))
-    return x, seconds, guided
+    return x, seconds, guidance
 
 
 def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume: bool = False,
-              progress: bool = True, evaluate: bool = True, log=print) -> dict:
-    """Train (or resume) a run in folder `out` and write every file a user wants to see; returns
-    the summary (also written to `summary.json`)."""
-    out = Path(out)
-    trainer = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log)
-    cfg, start_step, counters = trainer.cfg, trainer.step, cpu_times()
-    train_seconds = train_with_checkpoints(trainer, out, progress=progress, log=log,
-                                           replan=cfg.fit_steps_to_time and not resume)
+              progress: bool = True, evaluate: bool = True, log=print, devices=None) -> dict:
+    """Train (or resume) a run in folder `out` and write every file a user wants to see; returns the
+    summary (also written to `summary.json`; an empty dict on processes other than 0)."""
+    out, main = Path(out), is_main_process()
+    log = log if main else (lambda *args, **kwargs: None)
+    run = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log, devices=devices)
+    log(describe_run(run))
+    cfg, start_step, counters = run.cfg, run.state.step, cpu_times()
+    train_seconds = train_with_checkpoints(run, progress=progress, log=log)
     train_steal = steal_share(counters)
-    x, sample_seconds, guided = sample_and_plot(trainer, out, log=log)
-    losses = trainer.history["loss"]
+    if not main:
+        return {}
+    state = local_copy(run.state)
+    x, sample_seconds, guidance = sample_and_plot(cfg, state, run.history.record, out)
     summary = {
-        "preset": cfg.preset, "machine": machine_description(), "steps": trainer.step,
-        "epochs": round(trainer.step / trainer.steps_per_epoch, 3), "train_seconds": round(train_seconds, 1),
-        "images_per_s": round((trainer.step - start_step) * cfg.batch_size / max(train_seconds, 1e-9), 1),
-        "time_limit_share": round(train_seconds / (60 * cfg.time_limit_minutes), 3) if cfg.time_limit_minutes else None,
-        "cpu_steal_share": train_steal,
-        "final_loss": float(np.mean(losses[-50:])), "parameters": count_params(trainer.model),
-        "sample_seconds": round(sample_seconds, 1), "num_samples": int(len(x)), "run_dir": str(out),
-        "autoguidance": {"scale": cfg.autoguidance_scale, "guide_step": trainer.guide.step} if guided else None,
+        "preset": cfg.preset, "machine": machine_description(), "steps": state.step,
+        "epochs": round(state.step / run.plan.steps_per_epoch, 3), "train_seconds": round(train_seconds, 1),
+        "images_per_s": round((state.step - start_step) * cfg.batch_size / max(train_seconds, 1e-9), 1),
+        "cpu_steal_share": train_steal, "final_loss": float(np.mean(run.history.record["loss"][-50:])),
+        "parameters": count_params(state.model), "sample_seconds": round(sample_seconds, 1),
+        "num_samples": int(len(x)), "run_dir": str(out),
+        "autoguidance": guidance and {"scale": guidance.scale, "guide_step": state.guide.step},
     }
     if evaluate and cfg.dataset == "mnist":  # the classifier knows digits only; tiny is a smoke test
         summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log,
                                               quick=cfg.preset == "tiny")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     steal = f"; other machines took {train_steal:.0%} of the CPU time (steal)" if train_steal else ""
-    share = f", {summary['time_limit_share']:.1%} of the limit" if cfg.time_limit_minutes else ""
-    log(f"done: {trainer.step} steps in {train_seconds / 60:.1f} min{share} ({summary['images_per_s']} images/s{steal}), "
+    log(f"done: {state.step} steps in {train_seconds / 60:.1f} min ({summary['images_per_s']} images/s{steal}), "
         f"final loss {summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\n"
-        f"files in {out}: config.json, history.csv, training_curve.png, samples.png, samples.npy, checkpoints/")
+        f"files in {out}: config.json, plan.json, history.csv, training_curve.png, samples.png, samples.npy, "
+        f"checkpoints/")
     return summary

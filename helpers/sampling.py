@@ -12,6 +12,7 @@ t_prev = -1 is the clean image (alpha_bar = 1).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -19,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from helpers.config import SAMPLERS
 from helpers.losses import to_x0_and_eps
 from helpers.schedules import NoiseSchedule, per_image
-
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 def ddim_pairs(num_timesteps: int, steps: int) -> np.ndarray:
@@ -141,19 +141,29 @@ def model_output(model, x, t, labels=None, guidance_scale=None):
     return uncond + guidance_scale * (cond - uncond)
 
 
+@dataclasses.dataclass(frozen=True)
+class Autoguidance:
+    """Sample with autoguidance: a weak `guide` model (the run's EMA weights early in training), the
+    scale w > 1, and optionally an interval (t_low, t_high) of timesteps outside which it is not run.
+    A sampler gets one of these or None (no autoguidance): the choice is made once, by the caller."""
+
+    guide: nnx.Module
+    scale: float
+    interval: tuple[int, int] | None = None
+
+
 # Autoguidance (Karras et al. 2024, eq. 2), optionally in a limited interval (Kynkaanniemi et al. 2024).
-def autoguided_output(model, guide, x, t, labels=None, guidance_scale=None, autoguidance_scale=None,
-                      interval=None):
-    """out_guide + w (out_model - out_guide), where the guide is a weaker version of the same model
-    (its EMA weights early in training): samples move away from what the weak model gets wrong.
-    With `interval` = (t_low, t_high), only at t_low <= t <= t_high; elsewhere the guide is not run."""
+def autoguided_output(model, guide, x, t, labels=None, guidance_scale=None, scale=None, interval=None):
+    """out_guide + w (out_model - out_guide) with w = `scale`, where the guide is a weaker version of the
+    same model: samples move away from what the weak model gets wrong. With `interval` = (t_low, t_high),
+    only at t_low <= t <= t_high; elsewhere the guide is not run. No guide: the model's output."""
     out = model_output(model, x, t, labels, guidance_scale)
-    if guide is None or autoguidance_scale is None:
+    if guide is None:
         return out
 
     def guided():
         weak = model_output(guide, x, t, labels, guidance_scale)
-        return weak + autoguidance_scale * (out - weak)
+        return weak + scale * (out - weak)
 
     if interval is None:
         return guided()
@@ -161,15 +171,15 @@ def autoguided_output(model, guide, x, t, labels=None, guidance_scale=None, auto
 
 
 @functools.partial(nnx.jit, static_argnames=("prediction", "clip_x0", "trajectory"))
-def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale, autoguidance_scale,
-                 interval, prediction, clip_x0, trajectory):
+def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale, scale, interval, prediction,
+                 clip_x0, trajectory):
     """Run `sampler` over `pairs` from x_T; returns x_0 and, with `trajectory`, every (x_prev, x0_hat)."""
     schedule = sampler.schedule
 
     def body(carry, inputs):
         x, x0_before, t_before = carry  # the previous step's estimate, for multistep samplers
         (t, t_prev), k = inputs
-        out = autoguided_output(model, guide, x, t, labels, guidance_scale, autoguidance_scale, interval)
+        out = autoguided_output(model, guide, x, t, labels, guidance_scale, scale, interval)
         tb = jnp.full((x.shape[0],), t)
         x0_hat, eps_hat = to_x0_and_eps(prediction, out, x, schedule, tb)
         if clip_x0:  # keep x0_hat in the data range, then make eps_hat consistent with it
@@ -196,27 +206,25 @@ def network_evaluations(sampler, interval=None, guided: bool = False) -> int:
 def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_samples: int, *,
            sampler: str = "ddim", steps: int = 100, eta: float = 0.0, prediction: str = "epsilon",
            clip_x0: bool = True, labels=None, guidance_scale: float | None = None,
-           guide: nnx.Module | None = None, autoguidance_scale: float | None = None,
-           autoguidance_interval: tuple[int, int] | None = None,
-           return_trajectory: bool = False, batch_size: int = 500, x_T=None):
+           autoguidance: Autoguidance | None = None, return_trajectory: bool = False, batch_size: int = 500,
+           x_T=None):
     """Draw `num_samples` images in [-1, 1], (N, H, W, C), from `model` (pass the EMA model).
 
-    With a `guide` and `autoguidance_scale` w, steps use autoguidance (two network evaluations),
-    every step or those with t in `autoguidance_interval`. `x_T` gives the starting noise (e.g. `slerp`
-    between two seeds); by default it is drawn from `key`. `return_trajectory=True` also returns
-    (x_t after each step, x0_hat at each step), each (steps, N, H, W, C), and the (t, t_prev) pairs."""
+    With `autoguidance`, steps also run its guide (two network evaluations), every step or those in its
+    interval. `x_T` gives the starting noise (e.g. `slerp` between two seeds); by default it is drawn
+    from `key`. `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each
+    (steps, N, H, W, C), and the (t, t_prev) pairs."""
     smp = make_sampler(schedule, sampler, steps, eta)
     pairs = jnp.asarray(smp.pairs())
-    if guide is None or autoguidance_scale is None:
-        guide, autoguidance_scale = None, None
     cfg = model.cfg
     key_x, key_steps = jax.random.split(key)
     if x_T is None:
         x_T = jax.random.normal(key_x, (num_samples, cfg.image_size, cfg.image_size, cfg.in_channels))  # N(0, I)
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-    interval = None if autoguidance_interval is None else jnp.asarray(autoguidance_interval, jnp.int32)
+    ag = autoguidance
+    interval = None if ag is None or ag.interval is None else jnp.asarray(ag.interval, jnp.int32)
     as32 = lambda v: None if v is None else jnp.float32(v)  # noqa: E731
-    model, guide = nnx.clone(model), None if guide is None else nnx.clone(guide)
+    model, guide = nnx.clone(model), None if ag is None else nnx.clone(ag.guide)
     for m in (model, guide):  # dropout off, on copies: the caller's models stay as they are
         if m is not None:
             m.eval()
@@ -225,7 +233,8 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
         batch = slice(start, start + batch_size)
         x, trajectory = _sample_scan(model, guide, smp, x_T[batch], pairs, jax.random.fold_in(key_steps, i),
                                      None if labels is None else labels[batch], as32(guidance_scale),
-                                     as32(autoguidance_scale), interval, prediction, clip_x0, return_trajectory)
+                                     None if ag is None else as32(ag.scale), interval, prediction, clip_x0,
+                                     return_trajectory)
         outs.append(x)
         trajectories.append(trajectory)
     x = jnp.clip(jnp.concatenate(outs), -1.0, 1.0)

@@ -1,18 +1,22 @@
-"""Training: the optimiser and its learning-rate schedule, the EMA, the step, and the loop.
+"""Training: the run's state, its plan, the step and the loop.
 
-`train_step` is the whole of DDPM training (Ho et al. 2020, algorithm 1) with the configured target,
-loss and weighting, written the NNX way (modules updated in place). `compiled_train_step` is its one
-compiled form: `jax.jit` over the modules' pure state (split/merge around the step), because
-`nnx.jit` walks the module graph in Python on every call, which costs more than a small model's step.
-`Trainer` dispatches `log_every` steps back to back and reads their losses once per chunk; step s's
-batch and noise depend only on (seed, s), so a resumed run continues exactly. Batches are sharded."""
+- `TrainState`: everything a run changes as it trains (model, optimiser, EMA, autoguidance guide,
+  PRNG keys as raw key data), and so exactly what a checkpoint holds.
+- `Plan`: what the run does (steps, learning rate at each, the guide's step, checkpoint steps), fixed
+  from the config before the first step. Neither the plan nor the config changes while a run trains.
+- `train_step`: DDPM training (Ho et al. 2020, algorithm 1), the NNX way (modules updated in place);
+  `compiled_train_step` is its one compiled form, `jax.jit` over the state's donated arrays
+  (`nnx.jit` would walk the module graph in Python on every call, more than a small model's step).
+- `train`: the loop. Chunks of `log_every` steps are dispatched back to back and read once; then
+  small hooks run (stop at a non-finite loss, record, take the guide, checkpoint, progress). Step s's
+  batch and noise depend only on (seed, s), so a resumed run continues exactly."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +29,10 @@ from tqdm import tqdm  # the text bar: a terminal, Jupyter and the rendered note
 
 from helpers.config import Config
 from helpers.data import epoch_order, get_batch, steps_per_epoch
+from helpers.distributed import local_sharding, process_rows, replicate, to_global
 from helpers.losses import loss_weights, masked_mean, per_example_loss, prediction_target, sample_timesteps
-from helpers.sampling import sample
 from helpers.schedules import NoiseSchedule
+from helpers.unet import create_unet
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,7 +49,7 @@ def make_lr_schedule(peak: float, warmup_steps: int, total_steps: int, end_fract
 
 
 def scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
-    """updates -> -learning_rate * updates, the rate given to each update (`update(..., learning_rate=lr)`)."""
+    """updates -> -learning_rate * updates, the rate given to each `update(..., learning_rate=lr)`."""
     def update(updates, state, params=None, *, learning_rate, **extra_args):
         return jax.tree.map(lambda u: -learning_rate * u, updates), state
 
@@ -54,7 +59,7 @@ def scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
 # AdamW (Loshchilov & Hutter 2019; optax.adamw's own chain) after global-norm clipping (Pascanu et al. 2013).
 def make_optimizer(model: nnx.Module, weight_decay: float, grad_clip: float) -> nnx.Optimizer:
     """An `nnx.Optimizer` over the model's `nnx.Param` leaves. The learning rate is an argument of each
-    step, not a schedule inside the optimiser: a run re-planned mid-way changes no compiled code."""
+    step, so one compiled step serves every plan (a time budget times the step the run then uses)."""
     clip = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     adamw = [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay), scale_by_learning_rate_argument()]
     return nnx.Optimizer(model, optax.chain(*clip, *adamw), wrt=nnx.Param)
@@ -67,10 +72,6 @@ def ema_decay_at(decay: float, num_updates, warmup: bool = True):
     updates, and samples from it are noise for most of a short run."""
     n = jnp.asarray(num_updates, jnp.float32)
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n)) if warmup else jnp.asarray(decay, jnp.float32)
-
-
-class EmaCount(nnx.Variable):
-    """How many EMA updates have been applied (drives the decay warm-up)."""
 
 
 def own_copy(model: nnx.Module) -> nnx.Module:
@@ -86,7 +87,7 @@ class EMA(nnx.Module):
     def __init__(self, model: nnx.Module, decay: float = 0.9999, every: int = 1, warmup: bool = True):
         self.model = own_copy(model)
         self.decay, self.every, self.warmup = float(decay), int(every), bool(warmup)
-        self.count = EmaCount(jnp.zeros((), jnp.int32))
+        self.count = nnx.Variable(jnp.zeros((), jnp.int32))  # updates so far (drives the warm-up)
 
     def update(self, model: nnx.Module, step) -> None:
         """After optimiser step `step`, every `every` steps: ema = d ema + (1 - d) params."""
@@ -97,38 +98,93 @@ class EMA(nnx.Module):
         self.count[...] = self.count[...] + due.astype(jnp.int32)
 
 
-class GuideStep(nnx.Variable):
-    """The step at which the guide's weights were taken (-1: not yet)."""
-
-
 class Guide(nnx.Module):
     """The weak model of autoguidance (Karras et al. 2024): a frozen copy of the EMA weights taken
     once, early in the run (`Config.guide_fraction`), and checkpointed with the rest."""
 
     def __init__(self, model: nnx.Module):
         self.model = own_copy(model)
-        self.taken_at = GuideStep(jnp.array(-1, jnp.int32))
+        self.taken_at = nnx.Variable(jnp.array(-1, jnp.int32))  # -1: not taken yet
 
     def take(self, model: nnx.Module, step: int) -> None:
         """Copy `model`'s weights (the EMA model) into the guide, recording the step."""
         nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))  # its own arrays: the EMA's are donated
-        self.taken_at[...] = jnp.array(step, jnp.int32)
+        self.taken_at[...] = jax.device_put(np.int32(step), self.taken_at[...].sharding)
 
     @property
     def step(self) -> int:
         """The training step whose EMA weights the guide holds (-1: not taken yet)."""
         return int(self.taken_at[...])
 
-    @property
-    def ready(self) -> bool:
-        """Whether the weights have been taken (before that the guide holds the initial weights)."""
-        return self.step >= 0
-
 
 def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
-    """The step at which the guide is taken: `fraction` of the run in whole chunks (the trainer
+    """The step at which the guide is taken: `fraction` of the run in whole chunks (the loop
     reads its state only between chunks), at least one chunk and at most the whole run."""
     return int(min(total_steps, max(chunk, round(fraction * total_steps / chunk) * chunk)))
+
+
+class TrainState(nnx.Module):
+    """Everything a run changes as it trains, and so everything its checkpoint holds: the model, the
+    optimiser, the EMA, the autoguidance guide (None without one) and the PRNG keys. The step is the
+    optimiser's count of updates."""
+
+    def __init__(self, cfg: Config):
+        self.model = create_unet(cfg.model, seed=cfg.seed)
+        self.optimizer = make_optimizer(self.model, cfg.weight_decay, cfg.grad_clip)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
+        self.guide = Guide(self.ema.model) if cfg.guide_fraction else None
+        # the data-order and per-step noise keys, as raw uint32 key data
+        self.keys = nnx.Variable(jax.random.key_data(jax.random.split(jax.random.key(cfg.seed))))
+
+    @property
+    def step(self) -> int:
+        """The number of optimiser steps taken so far (the global step)."""
+        return int(self.optimizer.step[...])
+
+
+def noise_schedule(cfg: Config) -> NoiseSchedule:
+    """The run's noise schedule (notebook 02)."""
+    return NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run does, fixed before its first step; made by `make_plan`, never changed while it trains."""
+
+    total_steps: int
+    steps_per_epoch: int
+    learning_rate: Callable  # step -> the warmup + cosine learning rate over total_steps
+    guide_step: int | None  # when the EMA weights are copied into the autoguidance guide
+    checkpoint_steps: tuple[int, ...]  # every checkpoint_every steps, and the last step
+    chunk_ends: tuple[int, ...]  # where the loop stops to read the losses and call the hooks
+
+    def chunks(self, start: int):
+        """(first, stop) of each chunk from step `start` to the end of the run."""
+        ends = [e for e in self.chunk_ends if e > start]
+        return zip([start] + ends[:-1], ends)
+
+    def describe(self) -> dict:
+        """The plan as plain values (what plan.json holds)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("learning_rate", "chunk_ends")}
+
+
+def make_plan(cfg: Config, num_examples: int, total_steps: int | None = None) -> Plan:
+    """The plan of a run of `cfg` on `num_examples` images: `total_steps` (a timed budget), else the
+    config's max_steps, else its epochs. Chunks end every log_every steps and at every event."""
+    spe = steps_per_epoch(num_examples, cfg.batch_size)
+    total = int(total_steps or cfg.max_steps or cfg.epochs * spe)
+    guide = guide_step(cfg.guide_fraction, total, cfg.log_every) if cfg.guide_fraction else None
+    checkpoints = tuple(sorted({*range(cfg.checkpoint_every, total, cfg.checkpoint_every), total}))
+    ends = {*range(cfg.log_every, total, cfg.log_every), *checkpoints, *([guide] if guide else [])}
+    return Plan(total, spe, make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, total, cfg.end_lr_fraction),
+                guide, checkpoints, tuple(sorted(ends)))
+
+
+def steps_for_minutes(seconds_per_step: float, minutes: float, chunk: int = 1) -> int:
+    """The steps of `seconds_per_step` that fill `minutes`, in whole chunks (at least one)."""
+    if not seconds_per_step > 0:
+        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}.")
+    return max(chunk, int(60.0 * minutes / seconds_per_step) // chunk * chunk)
 
 
 def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
@@ -157,184 +213,124 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("state",))
-def compiled_train_step(graphdef, state, schedule: NoiseSchedule, x0, labels, mask, key, learning_rate,
-                        cfg: Config):
-    """`train_step` on the pure state of (model, optimizer, ema), compiled once; the state's buffers
-    are donated (updated in place). Returns (new state, metrics)."""
-    model, optimizer, ema = nnx.merge(graphdef, state)
-    metrics = train_step(model, optimizer, ema, schedule, x0, labels, mask, key, learning_rate, cfg)
-    return nnx.state((model, optimizer, ema)), metrics
+def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, cfg: Config):
+    """`train_step` at global step `step` on the pure arrays of a `TrainState`, compiled once; the
+    arrays are donated (updated in place). The step's key is fold_in(noise key, step). Returns
+    (new state, metrics)."""
+    ts = nnx.merge(graphdef, state)
+    key = jax.random.fold_in(jax.random.wrap_key_data(ts.keys[...][1]), step)
+    metrics = train_step(ts.model, ts.optimizer, ts.ema, noise_schedule(cfg), x0, labels, mask, key,
+                         learning_rate, cfg)
+    return nnx.state(ts), metrics
 
 
-class Trainer:
-    """A run's model, optimiser, EMA and guide, its data on the device (None: only to sample), the loop."""
+class BatchFeed:
+    """The training images on this process's devices and, for each step, the global batch: an on-device
+    permutation per epoch (the state's data key), of which this process gathers only its own rows."""
 
-    def __init__(self, cfg: Config, model: nnx.Module, images: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, total_steps: int | None = None, devices=None):
-        self.cfg = cfg.validate(num_train_examples=None if images is None else len(images))
-        self.num_examples = cfg.batch_size if images is None else len(images)
-        self.steps_per_epoch = steps_per_epoch(self.num_examples, cfg.batch_size)
-        self.schedule = NoiseSchedule.create(cfg.schedule, cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-        self.data_key, self.step_key = jax.random.split(jax.random.key(cfg.seed))
-        self.history: dict[str, list] = {"step": [], "epoch": [], "loss": [], "lr": [], "images_per_s": []}
-        devices = list(devices or jax.local_devices())
-        if cfg.batch_size % len(devices):
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {len(devices)} local devices.")
-        mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
-        self.batch_sharding, self.replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-        put = lambda a, dtype: None if a is None else jax.device_put(np.asarray(a, dtype), self.replicated)  # noqa: E731
-        self.images = put(images, np.uint8)
-        self.labels = put(labels, np.int32) if cfg.model.num_classes else None
-        self.step_cfg = self.cfg  # what the compiled step reads: kept as it is when the plan changes
-        self.model = model
-        self.plan(total_steps or cfg.total_steps(self.num_examples))
+    def __init__(self, cfg: Config, state: TrainState, images: np.ndarray, labels: np.ndarray | None, mesh):
+        self.mesh, self.batch_size, self.num_examples = mesh, cfg.batch_size, len(images)
+        self.steps_per_epoch = steps_per_epoch(len(images), cfg.batch_size)
+        self.rows, self.sharding = process_rows(cfg.batch_size, mesh), local_sharding(mesh)
+        on_devices = NamedSharding(self.sharding.mesh, P())  # the whole set on each of this process's devices
+        self.images = jax.device_put(np.asarray(images, np.uint8), on_devices)
+        conditional = labels is not None and cfg.model.num_classes
+        self.labels = jax.device_put(np.asarray(labels, np.int32), on_devices) if conditional else None
+        self.data_key = jax.random.wrap_key_data(np.asarray(state.keys[...])[0])
+        self.epoch, self.order = None, None
 
-        def build(model):  # an abstract model (nnx.eval_shape, as load_run builds it) gets abstract ones
-            ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
-            return (make_optimizer(model, cfg.weight_decay, cfg.grad_clip), ema,
-                    Guide(ema.model) if cfg.guide_fraction else None)
-
-        abstract = isinstance(jax.tree.leaves(nnx.state(self.model))[0], jax.ShapeDtypeStruct)
-        self.optimizer, self.ema, self.guide = nnx.eval_shape(build, self.model) if abstract else build(self.model)
-        if not abstract:
-            self.place_on_mesh()
-
-    def plan(self, total_steps: int) -> None:
-        """Set (or, mid-run, change) the run's length: the learning-rate schedule over `total_steps`
-        and the guide's step. The optimiser, EMA and guide keep their state; nothing recompiles."""
-        cfg, self.total_steps = self.cfg, int(total_steps)
-        self.lr_schedule = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, self.total_steps, cfg.end_lr_fraction)
-        self.guide_step = guide_step(cfg.guide_fraction, self.total_steps, cfg.log_every) if cfg.guide_fraction else None
-
-    @property
-    def step(self) -> int:
-        """The number of optimiser steps taken so far (the global step)."""
-        return int(self.optimizer.step[...])
-
-    def modules(self) -> tuple:
-        """What a checkpoint holds: model, optimiser, EMA and, with autoguidance, the guide."""
-        return (self.model, self.optimizer, self.ema) + ((self.guide,) if self.guide is not None else ())
-
-    def place_on_mesh(self) -> None:
-        """Replicate the state on the mesh, so that every step sees the same input shardings."""
-        nnx.update(self.modules(), jax.device_put(nnx.state(self.modules()), self.replicated))
-
-    def run_chunk(self, start: int, num_steps: int | None = None) -> dict:
-        """Dispatch steps [start, start + num_steps) without waiting; returns their stacked metrics."""
-        if self.images is None:
-            raise ValueError("This trainer holds no training data (a run loaded to sample from).")
-        graphdef, state = nnx.split((self.model, self.optimizer, self.ema))
-        order, order_epoch, out = None, None, []
-        steps = np.arange(start, min(start + (num_steps or self.cfg.log_every), self.total_steps))
-        learning_rates = np.asarray(self.lr_schedule(steps), np.float32)  # lr(s) at step s, as optax counts
-        for s, learning_rate in zip(steps.tolist(), learning_rates):
-            if s // self.steps_per_epoch != order_epoch:  # one permutation per epoch (helpers.data)
-                order_epoch = s // self.steps_per_epoch
-                order = epoch_order(self.data_key, order_epoch, self.num_examples, self.cfg.batch_size)
-            x0, labels, mask = get_batch(self.images, self.labels, order, s % self.steps_per_epoch,
-                                         self.cfg.batch_size, self.batch_sharding)
-            state, metrics = compiled_train_step(graphdef, state, self.schedule, x0, labels, mask,
-                                                 jax.random.fold_in(self.step_key, s), learning_rate, cfg=self.step_cfg)
-            out.append(metrics)
-        nnx.update((self.model, self.optimizer, self.ema), state)
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
-
-    def fit(self, progress: bool = True, on_chunk: Callable[["Trainer"], None] | None = None,
-            replan: bool = False) -> dict[str, list]:
-        """Train to `total_steps` or the time limit, calling `on_chunk(trainer)` after each chunk (checkpoints);
-        NonFiniteLossError at the first NaN or inf loss, before any callback sees it. Returns the history.
-        With `replan` (a run fitted to its time limit), every REPLAN_EVERY of the limit up to REPLAN_UNTIL
-        the remaining steps are re-planned from the loop's own rate, checkpoints included, to end at PLAN_END;
-        the guide is then taken at `guide_fraction` of a re-made plan, never of the first, timed guess."""
-        limit = self.cfg.time_limit_minutes
-        replan = bool(replan and limit)
-        budget = 60 * limit if limit else math.inf  # seconds
-        started = time.perf_counter()
-        deadline, plan_end = started + budget, started + PLAN_END * budget
-        clock, next_plan = None, REPLAN_EVERY if replan else math.inf  # clock: after the first chunk
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", disable=not progress)
-        with bar:
-            while self.step < self.total_steps:
-                chunk_start, start = time.perf_counter(), self.step
-                losses = np.asarray(self.run_chunk(start)["loss"])  # the one host read per chunk
-                seconds = time.perf_counter() - chunk_start
-                record_chunk(self, start, losses, seconds)
-                planned = not replan or next_plan > REPLAN_EVERY  # the guide waits for the first re-plan
-                if self.guide is not None and not self.guide.ready and self.guide_step <= self.step and planned:
-                    self.guide.take(self.ema.model, self.step)
-                bar.update(len(losses))
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{len(losses) * self.cfg.batch_size / seconds:.0f}")
-                if on_chunk is not None:
-                    on_chunk(self)
-                now = time.perf_counter()
-                clock = clock or (now, self.step)  # the first chunk's compilation is no part of the rate
-                if now - started >= next_plan * budget and clock[1] < self.step < self.total_steps:
-                    next_plan = min(next_plan + REPLAN_EVERY, REPLAN_UNTIL) if next_plan < REPLAN_UNTIL - 1e-9 else math.inf
-                    rate = (now - clock[0]) / (self.step - clock[1])
-                    self.cfg = self.cfg.replace(max_steps=self.step + steps_that_fit(
-                        rate, (plan_end - now) / 60, self.cfg.log_every, margin=1.0), fit_steps_to_time=True)
-                    self.plan(self.cfg.max_steps)
-                    bar.total = self.total_steps
-                if now + (now - chunk_start) > deadline and self.step < self.total_steps:  # a chunk past the limit
-                    tqdm.write(f"time limit of {limit:g} min reached at step {self.step}.")
-                    break
-        return self.history
-
-    def sample(self, key: jax.Array, num_samples: int, use_ema: bool = True, **options):
-        """Samples from the EMA (or raw) weights with the run's sampler settings unless `options` override
-        them (`helpers.sampling.sample`); a class-conditional model draws the labels 0-9 in turn."""
-        cfg = self.cfg
-        opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
-        if cfg.model.num_classes:
-            opts.update(labels=jnp.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
-        w = options.pop("autoguidance_scale", cfg.autoguidance_scale)
-        if w != 1.0:
-            if self.guide is None or not self.guide.ready:
-                why = "it was trained without --guide-fraction" if self.guide is None else "none yet"
-                raise ValueError(f"Autoguidance needs the run's guide model ({why}): use --autoguidance-scale 1.")
-            opts.update(guide=self.guide.model, autoguidance_scale=w, autoguidance_interval=cfg.autoguidance_interval)
-        opts.update(options)
-        return sample(self.ema.model if use_ema else self.model, self.schedule, key, num_samples, **opts)
+    def batch(self, step: int):
+        """(x0, labels or None, mask) of global step `step`, split over the mesh."""
+        if step // self.steps_per_epoch != self.epoch:  # one permutation per epoch (helpers.data)
+            self.epoch = step // self.steps_per_epoch
+            self.order = epoch_order(self.data_key, self.epoch, self.num_examples, self.batch_size)
+        rows = get_batch(self.images, self.labels, self.order, step % self.steps_per_epoch, self.batch_size,
+                         self.rows, self.sharding)
+        return to_global(rows, self.mesh)
 
 
-def record_chunk(trainer: Trainer, start: int, losses: np.ndarray, seconds: float) -> None:
-    """Append a chunk's losses to the history; stop at a non-finite one; print finished epochs."""
-    if not np.all(np.isfinite(losses)):
-        bad = start + int(np.argmin(np.isfinite(losses)))
+def place_state(state: TrainState, mesh) -> TrainState:
+    """Replicate the state on every device of `mesh` (in place; each process holds the same values)."""
+    nnx.update(state, replicate(nnx.state(state), mesh))
+    return state
+
+
+def run_chunk(state: TrainState, feed: BatchFeed, plan: Plan, cfg: Config, start: int, stop: int) -> dict:
+    """Dispatch steps [start, stop) without waiting for them; returns their stacked metrics (on the device)."""
+    graphdef, pure = nnx.split(state)
+    learning_rates = np.asarray(plan.learning_rate(np.arange(start, stop)), np.float32)  # lr(s) at step s
+    out = []
+    for s, learning_rate in zip(range(start, stop), learning_rates):
+        x0, labels, mask = feed.batch(s)
+        pure, metrics = compiled_train_step(graphdef, pure, x0, labels, mask, np.int32(s), learning_rate, cfg=cfg)
+        out.append(metrics)
+    nnx.update(state, pure)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+
+
+class Chunk(NamedTuple):
+    """What the loop hands each hook after a chunk: steps [start, stop), their losses (read), the wall time."""
+
+    start: int
+    stop: int
+    losses: np.ndarray
+    seconds: float
+
+
+def train(state: TrainState, feed: BatchFeed, plan: Plan, cfg: Config, hooks=()) -> None:
+    """Train from `state.step` to `plan.total_steps`. After each chunk, every hook is called in turn
+    with (state, chunk): the periodic actions are hooks, the loop is only this."""
+    for start, stop in plan.chunks(state.step):
+        t0 = time.perf_counter()
+        losses = np.asarray(run_chunk(state, feed, plan, cfg, start, stop)["loss"])  # the one host read per chunk
+        chunk = Chunk(start, stop, losses, time.perf_counter() - t0)
+        for hook in hooks:
+            hook(state, chunk)
+
+
+def stop_at_non_finite_loss(state: TrainState, chunk: Chunk) -> None:
+    """Hook: raise NonFiniteLossError at the first NaN or inf loss, before any later hook saves it."""
+    if not np.all(np.isfinite(chunk.losses)):
+        bad = chunk.start + int(np.argmin(np.isfinite(chunk.losses)))
         raise NonFiniteLossError(
-            f"The loss became {losses[bad - start]} at step {bad}. The run stopped; the last good checkpoint "
-            f"is kept. Try a lower --learning-rate, keep --grad-clip on, or use --loss huber.")
-    steps = np.arange(start, start + len(losses))
-    h = trainer.history
-    h["step"] += steps.tolist()
-    h["epoch"] += (steps // trainer.steps_per_epoch).tolist()
-    h["loss"] += losses.astype(float).tolist()
-    h["lr"] += np.asarray(trainer.lr_schedule(steps), float).tolist()  # optax uses lr(s) at step s
-    h["images_per_s"] += [len(losses) * trainer.cfg.batch_size / seconds] * len(losses)
-    for s in steps[(steps + 1) % trainer.steps_per_epoch == 0]:  # epochs that ended in this chunk
-        end = len(h["loss"]) - int(steps[-1] - s)
-        tqdm.write(f"epoch {s // trainer.steps_per_epoch + 1}: avg loss "
-                   f"{np.mean(h['loss'][max(0, end - trainer.steps_per_epoch):end]):.4f}")
+            f"The loss became {chunk.losses[bad - chunk.start]} at step {bad}. The run stopped; the last good "
+            f"checkpoint is kept. Try a lower --learning-rate, keep --grad-clip on, or use --loss huber.")
 
 
-FIT_MARGIN = 0.92  # share of the time limit the first plan, from a few timed steps, fills
-REPLAN_EVERY, REPLAN_UNTIL = 0.1, 0.95  # a fitted run re-plans at 10%, 20%, ..., 90% and 95% of its time limit
-PLAN_END = 0.98  # where the re-plans aim the last step: a little room for the last chunk and the final save
+def take_guide_at(step: int | None):
+    """Hook: copy the EMA weights into the autoguidance guide at the plan's guide step."""
+    def take_guide(state: TrainState, chunk: Chunk) -> None:
+        if state.guide is not None and chunk.stop == step:
+            state.guide.take(state.ema.model, step)
+
+    return take_guide
 
 
-def steps_that_fit(seconds_per_step: float, minutes: float, chunk: int = 1, margin: float = FIT_MARGIN) -> int:
-    """Steps of `seconds_per_step` that fill `margin` of `minutes`, in whole chunks (at least one)."""
-    if not seconds_per_step > 0:
-        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}.")
-    return max(chunk, int(margin * 60.0 * minutes / seconds_per_step) // chunk * chunk)
+class History:
+    """Hook: the loss, learning rate and images/s of every step (a run's history.json), and the mean
+    loss of each epoch as it ends."""
+
+    def __init__(self, plan: Plan, batch_size: int, record: dict | None = None, log=tqdm.write):
+        self.plan, self.batch_size, self.log = plan, batch_size, log
+        self.record = record or {"step": [], "epoch": [], "loss": [], "lr": [], "images_per_s": []}
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        steps, spe, h = np.arange(chunk.start, chunk.stop), self.plan.steps_per_epoch, self.record
+        h["step"] += steps.tolist()
+        h["epoch"] += (steps // spe).tolist()
+        h["loss"] += chunk.losses.astype(float).tolist()
+        h["lr"] += np.asarray(self.plan.learning_rate(steps), float).tolist()  # optax uses lr(s) at step s
+        h["images_per_s"] += [len(steps) * self.batch_size / chunk.seconds] * len(steps)
+        for s in steps[(steps + 1) % spe == 0]:  # epochs that ended in this chunk
+            end = len(h["loss"]) - (chunk.stop - 1 - int(s))
+            self.log(f"epoch {s // spe + 1}: avg loss {np.mean(h['loss'][max(0, end - spe):end]):.4f}")
 
 
-def seconds_per_step(trainer: Trainer, steps: int = 5) -> float:
-    """Wall time of one compiled step of `trainer` on this machine; its state is restored afterwards."""
-    saved = jax.tree.map(jnp.copy, nnx.state(trainer.modules()))
-    jax.block_until_ready(trainer.run_chunk(trainer.step, 1))  # compile
+def seconds_per_step(cfg: Config, feed: BatchFeed, steps: int = 20) -> float:
+    """Wall time of one compiled step of `cfg` here, timed on a throwaway state (the run reuses the step)."""
+    state = place_state(TrainState(cfg), feed.mesh)
+    plan = make_plan(cfg, feed.num_examples, total_steps=steps + 1)
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 0, 1))  # compiles
     t0 = time.perf_counter()
-    metrics = jax.block_until_ready(trainer.run_chunk(trainer.step, steps))
-    seconds = (time.perf_counter() - t0) / max(len(metrics["loss"]), 1)
-    nnx.update(trainer.modules(), saved)
-    return seconds
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 1, steps + 1))
+    return (time.perf_counter() - t0) / steps

@@ -38,12 +38,13 @@ from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
 from helpers import data
 from helpers.losses import to_x0_and_eps
-from helpers.sampling import DDIMSampler, ddim_pairs, sample
+from helpers.sampling import Autoguidance, DDIMSampler, ddim_pairs, sample
+from helpers.training import noise_schedule
 
 PRESET = tutorial.setup("05_sampling")
-cfg, trainer, summary = tutorial.trained_run(PRESET)
+cfg, run_state, summary = tutorial.trained_run(PRESET)
 T = cfg.num_timesteps
-ema_model, raw_model, schedule = trainer.ema.model, trainer.model, trainer.schedule
+ema_model, raw_model, schedule = run_state.ema.model, run_state.model, noise_schedule(cfg)
 print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']}, T = {T}, "
       f"prediction {cfg.prediction!r}")
 
@@ -245,22 +246,30 @@ tutorial.show(fig, "sampler_scores")
 # training taught", and $w > 1$ goes further in that direction. It is the same extrapolation as
 # classifier-free guidance (notebook 07), but it needs no labels, so it works for our unconditional
 # model. The weak model costs nothing extra here: training kept a frozen copy of the EMA weights
-# at about 15% of the run (`guide_fraction`), and `sample(..., guide=..., autoguidance_scale=w)` runs both
-# networks at every step (so sampling takes twice as long). $w = 1$ is the plain model.
+# at about 15% of the run (`guide_fraction`), and `sample(..., autoguidance=Autoguidance(guide, w))` runs
+# both networks at every step (so sampling takes twice as long). $w = 1$ is the plain model
+# (`autoguidance=None`: the guide is not run at all).
 
 # %%
-if trainer.guide is not None and trainer.guide.ready:
-    guide = trainer.guide.model
-    print(f"guide: the EMA weights at step {trainer.guide.step} of {summary['steps']}")
+if run_state.guide is not None and run_state.guide.step >= 0:
+    guide = run_state.guide.model
+    print(f"guide: the EMA weights at step {run_state.guide.step} of {summary['steps']}")
 else:  # e.g. the paper preset, trained without guide_fraction: every w below then equals w = 1
     guide = None
     print("this run kept no guide model (train with guide_fraction set): autoguidance is off below")
+
+
+def guided(w: float):
+    """Autoguidance at weight w with the run's guide; None (the plain model) at w = 1 or without a guide."""
+    return None if guide is None or w == 1 else Autoguidance(guide, w)
+
+
 ws = sorted({1.0, 1.5, cfg.autoguidance_scale, 3.0})
 rows = {} if guide is None else {"the guide alone": sample(guide, schedule, key, ncols, steps=cfg.sample_steps,
                                                             eta=cfg.eta, prediction=cfg.prediction)}
 rows.update({f"w = {w:g}" + (" (the final model alone)" if w == 1 else ""):
              sample(ema_model, schedule, key, ncols, steps=cfg.sample_steps, eta=cfg.eta,
-                    prediction=cfg.prediction, guide=guide, autoguidance_scale=w) for w in ws})
+                    prediction=cfg.prediction, autoguidance=guided(w)) for w in ws})
 fig = tutorial.plot_image_rows(rows)
 tutorial.show(fig, "autoguidance_rows")
 
@@ -272,7 +281,7 @@ print(f"{'w':>5s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-m
 for w in ag_ws:
     t0 = time.perf_counter()
     x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=cfg.sample_steps, eta=cfg.eta,
-                          prediction=cfg.prediction, guide=guide, autoguidance_scale=w))
+                          prediction=cfg.prediction, autoguidance=guided(w)))
     dt = time.perf_counter() - t0
     q = ag_scores[w] = evaluator.evaluate(x)
     print(f"{w:>5g} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%} "
@@ -348,7 +357,7 @@ print("DPM-Solver++ with 10 steps visits t =", lambda_pairs(schedule, 10)[:, 0].
 # Autoguidance doubles the price of every step. Kynkaanniemi et al. (2024, "Applying guidance in a
 # limited interval improves sample and distribution quality") found that guidance helps at middle
 # noise levels only: at high noise it pulls every sample towards the same few shapes, at low noise
-# it does little. `autoguidance_interval=(t_low, t_high)` runs the guide only at
+# it does little. `Autoguidance(guide, w, interval=(t_low, t_high))` runs the guide only at
 # $t_{low} \le t \le t_{high}$, and a step outside it costs one network evaluation. Their interval,
 # $0.28 < \sigma \le 2.9$ in EDM's noise levels ($\sigma = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$),
 # is $167 \le t \le 785$ of our cosine schedule. Network evaluations per sample:
@@ -531,7 +540,7 @@ print(f"DDIM-{min(25, T)}, eta = 0.5: FD {q['frechet_distance']:.1f}, {q['confid
 if guide is not None:
     q = evaluator.evaluate(np.asarray(sample(guide, schedule, jax.random.key(21), n_score, steps=cfg.sample_steps,
                                              eta=cfg.eta, prediction=cfg.prediction)))
-    print(f"the guide alone (EMA weights at step {trainer.guide.step}): FD {q['frechet_distance']:.1f}, "
+    print(f"the guide alone (EMA weights at step {run_state.guide.step}): FD {q['frechet_distance']:.1f}, "
           f"{q['confident_share']:.1%} confident; the final model alone: FD {ag_scores[1.0]['frechet_distance']:.1f}, "
           f"{ag_scores[1.0]['confident_share']:.1%}")
 

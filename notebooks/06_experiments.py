@@ -40,6 +40,7 @@ from helpers import data
 from helpers.config import get_config
 from helpers.losses import sample_timesteps, to_x0_and_eps
 from helpers.metrics import get_evaluator
+from helpers.training import noise_schedule
 
 from helpers.unet import count_params, create_unet
 
@@ -84,18 +85,17 @@ for name, change in variants.items():
 # %% [markdown]
 # ## 2. Equal compute
 #
-# Every run gets the same **wall time**, 4.5 minutes of training, through the preset's own
-# `fit_steps_to_time` (notebook 04): the run times its first steps, plans the steps that fit, and
-# re-plans from its own loop's rate as it goes, so its learning-rate decay ends with the time limit.
-# A cheaper model therefore takes more steps and a larger one fewer; the variants that change only
-# the seed, the target, the weighting or the schedule cost the same per step and differ in steps
-# only by the machine's own drift.
+# Every run gets the same **wall time**, 4.5 minutes of training, through a time budget (`minutes`,
+# notebook 04): before training, the run times one compiled step and plans the steps that fill the
+# budget, once, so its learning-rate decay ends with the budget. A cheaper model therefore takes more
+# steps and a larger one fewer; the variants that change only the seed, the target, the weighting or
+# the schedule cost the same per step and differ in steps only by the noise of that one timing.
 
 # %%
 images, _ = data.load_split("mnist", "train", limit=base.train_limit)
 configs = {}
 for name, change in variants.items():
-    budget = {} if TINY else {"time_limit_minutes": BUDGET_MINUTES, "fit_steps_to_time": True}
+    budget = {} if TINY else {"minutes": BUDGET_MINUTES}
     configs[name] = base.replace(**change, **budget, num_samples=NUM_SAMPLES, guide_fraction=None,
                                  autoguidance_scale=1.0)  # training choices only: no guide
     print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(configs[name].model))):>10,} parameters")
@@ -141,12 +141,12 @@ rows, grids, trained = [], {}, {}
 for name, cfg in configs.items():
     run_dir = tutorial.runs_dir() / f"experiments-{PRESET}" / name.replace(" ", "_")
     t0 = time.perf_counter()
-    cfg, trainer, summary = tutorial.ensure_run(run_dir, cfg, progress=False)
-    err = denoising_error(trainer.ema.model, trainer.schedule, cfg.prediction, x0_test, jax.random.key(0))
+    cfg, state, summary = tutorial.ensure_run(run_dir, cfg, progress=False)
+    err = denoising_error(state.ema.model, noise_schedule(cfg), cfg.prediction, x0_test, jax.random.key(0))
     x = np.load(run_dir / "samples.npy")
     q = evaluator.evaluate(x)
     grids[name] = x[:20]
-    trained[name] = (cfg, trainer)
+    trained[name] = (cfg, state)
     rows.append((name, summary["steps"], summary["images_per_s"], summary["final_loss"], err,
                  q["frechet_distance"], q["confident_share"]))
     print(f"{name:18s} done in {time.perf_counter() - t0:6.1f} s: denoising error {err:.4f}, "
@@ -245,12 +245,13 @@ tutorial.show(fig, "variants_side_by_side")
 # Solution 1: the held-out error at single timesteps, eps_hat against the true noise.
 def error_at(model_and_cfg, t_value, what="eps", n=500, seed=0):
     """Mean squared error of the noise estimate ("eps") or the image estimate ("x0") at one t."""
-    cfg, trainer = model_and_cfg
+    cfg, state = model_and_cfg
+    schedule = noise_schedule(cfg)
     x0 = x0_test[:n]
     noise = jax.random.normal(jax.random.key(seed), x0.shape, x0.dtype)
     t = jnp.full((x0.shape[0],), t_value, jnp.int32)
-    x_t = trainer.schedule.q_sample(x0, t, noise)
-    x0_hat, eps_hat = to_x0_and_eps(cfg.prediction, trainer.ema.model(x_t, t), x_t, trainer.schedule, t)
+    x_t = schedule.q_sample(x0, t, noise)
+    x0_hat, eps_hat = to_x0_and_eps(cfg.prediction, state.ema.model(x_t, t), x_t, schedule, t)
     return float(jnp.mean(jnp.square((eps_hat - noise) if what == "eps" else (x0_hat - x0))))
 
 

@@ -41,7 +41,9 @@ from helpers import data
 from helpers.config import get_config
 from helpers.metrics import format_table, get_evaluator, nearest_neighbours
 from helpers.plotting import plot_samples
+from helpers.runs import autoguidance_of, draw_samples
 from helpers.sampling import sample
+from helpers.training import noise_schedule
 from helpers.unet import create_unet
 
 PRESET = tutorial.setup("08_evaluating_samples")
@@ -80,15 +82,16 @@ print(f"classifier test accuracy: {np.mean(np.argmax(logits, 1) == test_labels):
 # - **training set copies**: real *training* digits, i.e. a model that memorised its data.
 
 # %%
-cfg, trainer, summary = tutorial.trained_run(PRESET)
+cfg, run_state, summary = tutorial.trained_run(PRESET)
 run_samples = np.load(tutorial.tutorial_run_dir(PRESET) / "samples.npy")
 if len(run_samples) < N:  # the tiny run saves few samples; draw more from its checkpoint
-    run_samples = np.asarray(trainer.sample(jax.random.key(3), N))
+    run_samples = np.asarray(draw_samples(cfg, run_state, jax.random.key(3), N,
+                                          autoguidance=autoguidance_of(cfg, run_state)))
 run_samples = run_samples[:N]
 
 test_m11 = np.asarray(data.to_model_range(jnp.asarray(test_images)))
 train_images, train_labels = data.load_split("mnist", "train", limit=5000 if TINY else 20_000)
-untrained = sample(create_unet(get_config(PRESET).model, seed=1), trainer.schedule, jax.random.key(4),
+untrained = sample(create_unet(get_config(PRESET).model, seed=1), noise_schedule(cfg), jax.random.key(4),
                    min(N, 200), steps=cfg.sample_steps, prediction=cfg.prediction)
 
 

@@ -79,17 +79,19 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from helpers.checkpoints import CheckpointError, load_run
+    from helpers.checkpoints import CheckpointError
+    from helpers.runs import autoguidance_of, draw_samples, load_run
 
     try:
-        cfg, trainer = load_run(args.run_dir)
-        trainer.cfg = cfg = sampling_config(cfg, args)
+        cfg, state = load_run(args.run_dir)
+        cfg = sampling_config(cfg, args)
+        guidance = autoguidance_of(cfg, state)
         label = f"{cfg.sampler}-{cfg.num_timesteps if cfg.sampler == 'ddpm' else cfg.sample_steps}"
         prefix = Path(args.out) if args.out else Path(args.run_dir) / f"sample-{label}"
         prefix.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        result = trainer.sample(jax.random.key(args.seed), args.n, use_ema=not args.raw,
-                                return_trajectory=args.trajectory)
+        result = draw_samples(cfg, state, jax.random.key(args.seed), args.n, autoguidance=guidance,
+                              use_ema=not args.raw, return_trajectory=args.trajectory)
         x, trajectory = result if args.trajectory else (result, None)
         x = np.asarray(x)
         seconds = time.perf_counter() - t0
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
         fail(str(err))
     except OSError as err:
         fail(f"cannot write {err.filename}: {err.strerror}. Choose another --out.")
-    print(f"{args.n} samples ({label}, {weights} weights, step {trainer.step}) in {seconds:.1f} s: " + ", ".join(written))
+    print(f"{args.n} samples ({label}, {weights} weights, step {state.step}) in {seconds:.1f} s: " + ", ".join(written))
     return 0
 
 

@@ -3,8 +3,13 @@
     python scripts/train.py                      # the preset for this machine (cpu or paper)
     python scripts/train.py --preset tiny --out runs/smoke
     python scripts/train.py --out runs/cpu --resume   # continue a run that was stopped or killed
+    python scripts/train.py --minutes 10              # a time budget: time one step, plan the run once
 
-Writes to --out: config.json, history.csv/json, training_curve.png, samples.png, samples.npy,
+    # data-parallel over two processes (run both; on a SLURM cluster JAX finds these values itself)
+    python scripts/train.py --out runs/two --coordinator 127.0.0.1:4747 --num-processes 2 --process-id 0
+    python scripts/train.py --out runs/two --coordinator 127.0.0.1:4747 --num-processes 2 --process-id 1
+
+Writes to --out: config.json, plan.json, history.csv/json, training_curve.png, samples.png, samples.npy,
 summary.json, quality figures (evaluate.json) and checkpoints/ (orbax).
 """
 
@@ -29,12 +34,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the sample-quality figures at the end")
+    group = p.add_argument_group("several processes (docs: Training on several processes or GPUs)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes train together")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1")
+    group.add_argument("--join-timeout", type=int, default=300, metavar="S",
+                       help="seconds to wait for every process to join (default: 300)")
     add_config_flags(p)
     return p.parse_args(argv)
 
 
+def join_processes_from(args) -> None:
+    """Join the other processes when the flags (or a cluster such as SLURM) say there are any."""
+    from helpers.distributed import cluster_detected, join_processes
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(v is None for v in flags):
+        if cluster_detected():
+            join_processes(timeout_s=args.join_timeout)
+        return
+    if any(v is None for v in flags):
+        fail("--coordinator, --num-processes and --process-id go together: give all three (or none).")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--coordinator must be HOST:PORT (e.g. 127.0.0.1:4747), got {args.coordinator!r}.")
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        fail(f"--process-id must be in 0..{args.num_processes - 1} and --num-processes at least 1, "
+             f"got {args.process_id} of {args.num_processes}.")
+    if args.join_timeout <= 0:
+        fail(f"--join-timeout must be positive, got {args.join_timeout}.")
+    join_processes(args.coordinator, args.num_processes, args.process_id, timeout_s=args.join_timeout)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    join_processes_from(args)  # before anything starts JAX's backends
     from helpers.checkpoints import CheckpointError
     from helpers.config import get_config
     from helpers.data import DataNotFoundError

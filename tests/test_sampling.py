@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers.sampling import DDIMSampler, ddim_pairs, make_sampler, sample
+from helpers.sampling import Autoguidance, DDIMSampler, ddim_pairs, make_sampler, sample
 from helpers.schedules import NoiseSchedule
 from helpers.unet import UNetConfig, create_unet
 
@@ -94,26 +94,21 @@ def test_guidance_uses_both_branches():
     assert out.shape == x.shape
 
 
-def test_trainer_samples_a_conditional_model_with_labels_in_turn_and_guidance():
+def test_a_run_samples_a_conditional_model_with_labels_in_turn_and_guidance():
     from helpers.config import get_config
-    from helpers.training import Trainer
+    from helpers.runs import draw_samples
+    from helpers.training import TrainState
 
     cfg = get_config("tiny", model=TINY.replace(num_classes=10), num_timesteps=50, guidance_scale=2.0,
                      guide_fraction=None, autoguidance_scale=1.0)
-    model = create_unet(cfg.model, seed=3)
-    trainer = Trainer(cfg, model, np.zeros((cfg.batch_size, 28, 28, 1), np.uint8), total_steps=1)
-    from flax import nnx  # random weights: the zero-initialised output layer would ignore the label
-    params = nnx.state(trainer.ema.model, nnx.Param)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    nnx.update(trainer.ema.model, jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape)
-                                                            for k, x in zip(keys, leaves)]))
+    state = TrainState(cfg)
+    _randomised(state.ema.model, 1)  # random weights: the zero-initialised output layer would ignore the label
     key = jax.random.key(0)
-    got = np.asarray(trainer.sample(key, 12, steps=3))
-    want = sample(trainer.ema.model, trainer.schedule, key, 12, steps=3, prediction=cfg.prediction,
+    got = np.asarray(draw_samples(cfg, state, key, 12, steps=3, autoguidance=None))
+    want = sample(state.ema.model, NoiseSchedule.create("cosine", 50), key, 12, steps=3, prediction=cfg.prediction,
                   labels=jnp.arange(12) % 10, guidance_scale=2.0)
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-6)
-    other = np.asarray(trainer.sample(key, 12, steps=3, guidance_scale=0.0))
+    other = np.asarray(draw_samples(cfg, state, key, 12, steps=3, guidance_scale=0.0, autoguidance=None))
     assert not np.allclose(got, other, atol=1e-4)  # the guidance weight is used
 
 
@@ -142,10 +137,10 @@ def test_autoguidance_formula():
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 1))
     tt = jnp.full((2,), 7)
     g, b = good(x, tt), weak(x, tt)
-    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, autoguidance_scale=2.5), b + 2.5 * (g - b),
+    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, scale=2.5), b + 2.5 * (g - b),
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, autoguidance_scale=1.0), g, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(autoguided_output(good, None, x, 7, autoguidance_scale=2.5), g)  # no guide: off
+    np.testing.assert_allclose(autoguided_output(good, weak, x, 7, scale=1.0), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(autoguided_output(good, None, x, 7, scale=2.5), g)  # no guide: off
 
 
 def test_sampling_with_a_guide():
@@ -153,9 +148,9 @@ def test_sampling_with_a_guide():
     s = NoiseSchedule.create("cosine", 50)
     key = jax.random.key(0)
     plain = sample(good, s, key, 3, steps=4, eta=1.0)
-    same = sample(good, s, key, 3, steps=4, eta=1.0, guide=good, autoguidance_scale=3.0)
+    same = sample(good, s, key, 3, steps=4, eta=1.0, autoguidance=Autoguidance(good, 3.0))
     np.testing.assert_allclose(same, plain, atol=1e-5)  # a guide equal to the model changes nothing
-    guided = sample(good, s, key, 3, steps=4, eta=1.0, guide=weak, autoguidance_scale=3.0)
+    guided = sample(good, s, key, 3, steps=4, eta=1.0, autoguidance=Autoguidance(weak, 3.0))
     assert guided.shape == plain.shape and not np.allclose(guided, plain, atol=1e-3)
 
 
@@ -229,11 +224,9 @@ def test_guidance_interval_runs_the_guide_only_inside_it():
     s = NoiseSchedule.create("cosine", 50)
     key = jax.random.key(0)
     plain = sample(good, s, key, 2, steps=5, eta=1.0)
-    everywhere = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0)
-    nowhere = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0,
-                     autoguidance_interval=(60, 70))
-    all_of_it = sample(good, s, key, 2, steps=5, eta=1.0, guide=weak, autoguidance_scale=3.0,
-                       autoguidance_interval=(0, 49))
+    everywhere = sample(good, s, key, 2, steps=5, eta=1.0, autoguidance=Autoguidance(weak, 3.0))
+    nowhere = sample(good, s, key, 2, steps=5, eta=1.0, autoguidance=Autoguidance(weak, 3.0, (60, 70)))
+    all_of_it = sample(good, s, key, 2, steps=5, eta=1.0, autoguidance=Autoguidance(weak, 3.0, (0, 49)))
     np.testing.assert_allclose(nowhere, plain, atol=1e-5)
     np.testing.assert_allclose(all_of_it, everywhere, atol=1e-5)
     smp = make_sampler(s, "ddim", 5)  # t = 49, 37, 24, 12, 0

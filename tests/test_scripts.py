@@ -35,7 +35,7 @@ def tiny_run(tmp_path_factory, tfds_dir, mnist_archives):
 
 def test_tiny_run_writes_every_file(tiny_run):
     out, stdout = tiny_run
-    for name in ("config.json", "history.csv", "history.json", "training_curve.png", "samples.png",
+    for name in ("config.json", "plan.json", "history.csv", "history.json", "training_curve.png", "samples.png",
                  "samples.npy", "summary.json"):
         assert (out / name).is_file(), name
     assert any((out / "checkpoints").iterdir())
@@ -49,6 +49,22 @@ def test_tiny_run_writes_every_file(tiny_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["images_per_s"] > 0
     assert "done: 8 steps" in stdout
+    assert json.loads((out / "plan.json").read_text())["total_steps"] == 8
+
+
+def test_the_same_command_gives_the_same_run(tiny_run, tmp_path, tfds_dir, mnist_archives):
+    """A fixed plan: the same command and seed give the same losses and the same samples, bit for bit."""
+    out, _ = tiny_run
+    again = tmp_path / "again"
+    r = _train(["--preset", "tiny", "--out", str(again)], tfds_dir, mnist_archives)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, second = (json.loads((d / "history.json").read_text()) for d in (out, again))
+    assert second["loss"] == first["loss"] and second["lr"] == first["lr"]
+    np.testing.assert_array_equal(np.load(again / "samples.npy"), np.load(out / "samples.npy"))
+    other = tmp_path / "other-seed"
+    assert _train(["--preset", "tiny", "--seed", "7", "--out", str(other), "--no-evaluate"], tfds_dir,
+                  mnist_archives).returncode == 0
+    assert json.loads((other / "history.json").read_text())["loss"] != first["loss"]  # the seed does matter
 
 
 def test_sample_script_reads_the_run(tiny_run, tmp_path):
@@ -156,7 +172,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tfds_dir, mnis
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_archives):
-    from helpers.checkpoints import load_run
+    from helpers.runs import load_run
 
     out = tmp_path / "run"
     r = _train(["--preset", "tiny", "--max-steps", "8", "--checkpoint-every", "4", "--no-evaluate",
@@ -173,8 +189,8 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
         if f.is_file():
             f.write_bytes(b"\0garbage")
     with pytest.warns(UserWarning, match="Skipped unreadable"):
-        _, trainer = load_run(out)
-    assert trainer.step == 4
+        _, state = load_run(out)
+    assert state.step == 4
     shutil.rmtree(out / "checkpoints" / "4")
     with pytest.raises(CheckpointError, match="No readable checkpoint"):
         load_run(out)
@@ -187,6 +203,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
     (["--batch-size", "-3"], "batch_size must be positive"),
     (["--learning-rate", "0"], "learning_rate must be positive"),
     (["--max-steps", "-1"], "max_steps must be positive"),
+    (["--minutes", "0"], "minutes must be positive"),
     (["--sample-steps", "0"], "sample steps must be in 1..100"),
     (["--eta", "1.5"], "eta must be in [0, 1]"),
     (["--image-size", "31"], "cannot be halved"),
@@ -355,9 +372,8 @@ def test_training_time_curve_trains_scores_and_plots(tmp_path, tfds_dir, mnist_a
 
     from helpers import config
 
-    # the cpu preset's own code path, on the tiny model: the curve's runs take seconds
-    tiny = config.PRESETS["tiny"]
-    monkeypatch.setitem(config.PRESETS, "cpu", tiny.replace(preset="cpu", max_steps=None, fit_steps_to_time=True))
+    # the cpu preset's own code path (a time budget, planned once), on the tiny model: the runs take seconds
+    monkeypatch.setitem(config.PRESETS, "cpu", config.PRESETS["tiny"].replace(preset="cpu"))
     runs = tmp_path / "curve"
     argv = ["--minutes", "0.05", "0.1", "--runs-dir", str(runs), "--n", "16",
             "--data-dir", str(tfds_dir), "--manual-dir", str(mnist_archives)]

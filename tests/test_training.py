@@ -6,7 +6,7 @@ from flax import nnx
 
 from helpers.config import get_config
 from helpers.data import batch_slice, epoch_order, steps_per_epoch
-from helpers.training import EMA, Trainer, ema_decay_at, make_lr_schedule
+from helpers.training import EMA, ema_decay_at, make_lr_schedule
 from helpers.unet import create_unet
 
 
@@ -20,24 +20,54 @@ def test_lr_schedule_values():
     assert float(f(mid)) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5, rel=1e-3)
 
 
-def test_steps_that_fit_the_time_limit():
-    from helpers.training import steps_that_fit
+def test_steps_for_minutes():
+    from helpers.training import steps_for_minutes
 
-    assert steps_that_fit(0.1, 1.0, chunk=50, margin=0.92) == 550  # 0.92 * 60 s / 0.1 s = 552 -> whole chunks
-    assert steps_that_fit(0.1, 1.0, chunk=1, margin=1.0) == 600
-    assert steps_that_fit(100.0, 0.01, chunk=4) == 4  # never less than one chunk
+    assert steps_for_minutes(0.1, 1.0, chunk=50) == 600  # 60 s / 0.1 s, in whole chunks
+    assert steps_for_minutes(0.11, 1.0, chunk=50) == 500  # 545 -> 500
+    assert steps_for_minutes(100.0, 0.01, chunk=4) == 4  # never less than one chunk
     with pytest.raises(ValueError, match="positive"):
-        steps_that_fit(0.0, 1.0)
+        steps_for_minutes(0.0, 1.0)
 
 
-def test_an_explicit_step_count_turns_fitting_off():
-    fitted = get_config("tiny", fit_steps_to_time=True, time_limit_minutes=1.0)
-    assert fitted.fit_steps_to_time
-    assert not fitted.replace(max_steps=100).fit_steps_to_time
-    assert not fitted.replace(epochs=2).fit_steps_to_time
-    assert fitted.replace(max_steps=100, fit_steps_to_time=True).fit_steps_to_time  # unless asked for both
-    with pytest.raises(ValueError, match="needs a time limit"):
-        get_config("tiny", fit_steps_to_time=True)
+def test_the_cpu_plan_is_fixed_and_does_not_time_the_machine(monkeypatch):
+    """The cpu preset trains its own number of steps on any machine: planning it times nothing."""
+    import types
+
+    import helpers.runs
+    from helpers.training import make_plan
+
+    monkeypatch.setattr(helpers.runs, "seconds_per_step", lambda *a, **k: pytest.fail("the cpu plan timed a step"))
+    cfg = get_config("cpu")
+    plan = helpers.runs.plan_run(cfg, types.SimpleNamespace(num_examples=60_000))
+    assert plan.total_steps == cfg.max_steps == 9000 and plan.describe() == make_plan(cfg, 60_000).describe()
+    assert plan.guide_step == 1350 and plan.checkpoint_steps[:2] == (500, 1000) and plan.checkpoint_steps[-1] == 9000
+    assert all(e % cfg.log_every == 0 for e in plan.chunk_ends)
+    steps = np.arange(plan.total_steps + 1)
+    lr = np.asarray(plan.learning_rate(steps))  # one warmup, then one cosine: no kink anywhere
+    assert np.argmax(lr) == cfg.warmup_steps and np.all(np.diff(lr[cfg.warmup_steps:]) <= 0)
+    assert lr[-1] == pytest.approx(cfg.learning_rate * cfg.end_lr_fraction)
+
+
+def test_a_time_budget_times_one_step_and_plans_once(monkeypatch):
+    import types
+
+    import helpers.runs
+
+    calls = []
+    monkeypatch.setattr(helpers.runs, "seconds_per_step", lambda cfg, feed: calls.append(1) or 0.12)
+    cfg = get_config("cpu", minutes=10)
+    plan = helpers.runs.plan_run(cfg, types.SimpleNamespace(num_examples=60_000), log=lambda *a: None)
+    assert calls == [1] and plan.total_steps == 5000  # 600 s / 0.12 s, whole chunks of 50
+    assert plan.guide_step == 750
+
+
+def test_replace_has_no_side_effects():
+    cfg = get_config("cpu")
+    changed = cfg.replace(max_steps=100, hidden_dims=(8, 16, 32))
+    assert changed.max_steps == 100 and changed.model.hidden_dims == (8, 16, 32)
+    assert {f for f in cfg.__dataclass_fields__ if getattr(cfg, f) != getattr(changed, f)} == {"max_steps", "model"}
+    assert cfg.max_steps == 9000 and cfg.model.hidden_dims == (16, 32, 64)
 
 
 def test_ema_decay_warmup_formula():
@@ -98,9 +128,25 @@ def test_batches_cover_every_example_once_per_epoch():
     np.testing.assert_array_equal(i5, idx[5])
 
 
-def _tiny_trainer(images, **over):
+def _tiny_run(images, devices=None, **over):
+    """(cfg, plan, state, feed) of a tiny run on `images`, its state on the mesh of `devices`."""
+    from helpers.distributed import data_mesh
+    from helpers.training import BatchFeed, TrainState, make_plan, place_state
+
     cfg = get_config("tiny", **over)
-    return Trainer(cfg, create_unet(cfg.model, seed=cfg.seed), images)
+    mesh = data_mesh(devices)
+    state = place_state(TrainState(cfg), mesh)
+    return cfg, make_plan(cfg, len(images)), state, BatchFeed(cfg, state, images, None, mesh)
+
+
+def _fit(images, hooks=(), **over):
+    """A tiny run trained to its end; returns (cfg, plan, state, history)."""
+    from helpers.training import History, stop_at_non_finite_loss, take_guide_at, train
+
+    cfg, plan, state, feed = _tiny_run(images, **over)
+    history = History(plan, cfg.batch_size)
+    train(state, feed, plan, cfg, [stop_at_non_finite_loss, history, take_guide_at(plan.guide_step), *hooks])
+    return cfg, plan, state, history.record
 
 
 def test_train_step_lowers_loss_on_a_fixed_batch():
@@ -110,11 +156,10 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
     for i in range(32):
         r, c = rng.integers(4, 18, 2)
         imgs[i, r:r + 8, c:c + 8] = 255
-    tr = _tiny_trainer(imgs, max_steps=60, batch_size=32, log_every=20, learning_rate=3e-3, warmup_steps=5,
-                       train_limit=None)
-    hist = tr.fit(progress=False)
+    _, _, state, hist = _fit(imgs, max_steps=60, batch_size=32, log_every=20, learning_rate=3e-3, warmup_steps=5,
+                             train_limit=None)
     loss = np.asarray(hist["loss"])
-    assert len(loss) == 60 and tr.step == 60
+    assert len(loss) == 60 and state.step == 60
     assert loss[-10:].mean() < 0.7 * loss[:10].mean()
     assert hist["lr"][0] == 0.0 and max(hist["lr"]) == pytest.approx(3e-3, rel=1e-4)
 
@@ -124,46 +169,44 @@ def test_last_short_batch_does_not_recompile():
     from helpers.data import get_batch
     from helpers.training import compiled_train_step
 
-    tr = _tiny_trainer(imgs, max_steps=4, batch_size=32, log_every=4, train_limit=None)
     before = compiled_train_step._cache_size(), get_batch._cache_size()
-    tr.fit(progress=False)
-    assert (compiled_train_step._cache_size(), get_batch._cache_size()) == (before[0] + 1, before[1] + 1)
-    assert tr.history["epoch"] == [0, 0, 1, 1]
+    _, _, _, hist = _fit(imgs, max_steps=4, batch_size=32, log_every=4, train_limit=None, seed=7)
+    assert (compiled_train_step._cache_size(), get_batch._cache_size()) <= (before[0] + 1, before[1] + 1)
+    assert hist["epoch"] == [0, 0, 1, 1]
 
 
 def test_nan_loss_stops_with_clear_message():
+    from helpers.training import History, NonFiniteLossError, stop_at_non_finite_loss, train
+
     imgs = np.zeros((64, 28, 28, 1), np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=4, log_every=2, train_limit=None)
-    nnx.update(tr.model, jax.tree.map(lambda p: p * jnp.nan, nnx.state(tr.model, nnx.Param)))
-    tr.place_on_mesh()
-    from helpers.training import NonFiniteLossError
+    cfg, plan, state, feed = _tiny_run(imgs, max_steps=4, log_every=2, train_limit=None)
+    nnx.update(state.model, jax.tree.map(lambda p: p * jnp.nan, nnx.state(state.model, nnx.Param)))
+    history, seen = History(plan, cfg.batch_size), []
     with pytest.raises(NonFiniteLossError, match="learning-rate"):
-        tr.fit(progress=False)
+        train(state, feed, plan, cfg, [stop_at_non_finite_loss, history, lambda st, chunk: seen.append(chunk)])
+    assert history.record["step"] == [] and seen == []  # no later hook (a checkpoint) saw the bad chunk
 
 
-def test_the_step_written_out_is_the_trainers_step():
-    """Notebook 04's explicit loop (get_batch, then the NNX train_step under nnx.jit) gives the
-    Trainer's losses exactly."""
+def test_the_step_written_out_is_the_loops_step():
+    """Notebook 04's explicit loop (get_batch, then the NNX train_step under nnx.jit) gives the loop's
+    losses exactly."""
     from helpers.data import epoch_order, get_batch
-    from helpers.training import train_step
+    from helpers.training import TrainState, noise_schedule, train_step
 
     train_step = nnx.jit(train_step, static_argnames="cfg")
-
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
-    a = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
-    b = _tiny_trainer(imgs, max_steps=2, log_every=2, train_limit=None)
-    a.fit(progress=False)
-    order = epoch_order(b.data_key, 0, 64, b.cfg.batch_size)
+    cfg, plan, _, hist = _fit(imgs, max_steps=2, log_every=2, train_limit=None)
+    b = TrainState(cfg)
+    data_key, step_key = jax.random.split(jax.random.key(cfg.seed))
+    order = epoch_order(data_key, 0, 64, cfg.batch_size)
     losses = []
     for s in range(2):
-        x0, labels, mask = get_batch(b.images, b.labels, order, s, b.cfg.batch_size)
-        m = train_step(b.model, b.optimizer, b.ema, b.schedule, x0, labels, mask,
-                       jax.random.fold_in(b.step_key, s), b.lr_schedule(s), cfg=b.cfg)
+        x0, labels, mask = get_batch(jnp.asarray(imgs), None, order, s, cfg.batch_size)
+        m = train_step(b.model, b.optimizer, b.ema, noise_schedule(cfg), x0, labels, mask,
+                       jax.random.fold_in(step_key, s), plan.learning_rate(s), cfg=cfg)
         losses.append(float(m["loss"]))
-    np.testing.assert_allclose(losses, a.history["loss"], rtol=1e-5)
-    x = a.sample(jax.random.key(0), 2, steps=3)
-    assert x.shape == (2, 32, 32, 1)
+    np.testing.assert_allclose(losses, hist["loss"], rtol=1e-5)
 
 
 def test_guide_step_is_a_whole_chunk_inside_the_run():
@@ -176,73 +219,76 @@ def test_guide_step_is_a_whole_chunk_inside_the_run():
 
 def test_the_guide_is_the_ema_at_its_step_and_survives_a_checkpoint(tmp_path):
     from helpers.checkpoints import CheckpointManager
+    from helpers.runs import autoguidance_of, draw_samples
+    from helpers.training import TrainState
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(64, 28, 28, 1), dtype=np.uint8)
     over = {"max_steps": 8, "log_every": 2, "train_limit": None, "guide_fraction": 0.5, "autoguidance_scale": 2.0}
-    tr = _tiny_trainer(imgs, **over)
-    assert tr.guide_step == 4 and tr.guide.step == -1
     seen = {}  # the EMA weights after each chunk
 
-    def keep_ema(t):
-        seen[t.step] = jax.tree.map(np.array, nnx.state(t.ema.model, nnx.Param))
+    def keep_ema(state, chunk):
+        seen[state.step] = jax.tree.map(np.array, nnx.state(state.ema.model, nnx.Param))
 
-    tr.fit(progress=False, on_chunk=keep_ema)
-    assert tr.guide.step == 4
-    guide_params = nnx.state(tr.guide.model, nnx.Param)
+    cfg, plan, state, _ = _fit(imgs, hooks=[keep_ema], **over)
+    assert plan.guide_step == 4 and state.guide.step == 4
+    guide_params = nnx.state(state.guide.model, nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, guide_params, seen[4])  # the EMA weights of step 4, frozen
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, guide_params, seen[8])))
 
     ckpt = CheckpointManager(tmp_path / "ckpt")
-    ckpt.save(tr)
-    back = _tiny_trainer(imgs, **over)
-    assert ckpt.restore_latest(back) == 8 and back.guide.step == 4
+    ckpt.save(state.step, state, {"history": {}})
+    back = nnx.eval_shape(lambda: TrainState(cfg))
+    assert ckpt.restore_latest(back)["step"] == 8 and back.guide.step == 4
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.guide.model, nnx.Param), guide_params)
     key = jax.random.key(0)
-    np.testing.assert_array_equal(back.sample(key, 2, steps=3), tr.sample(key, 2, steps=3))
-    assert not np.allclose(tr.sample(key, 2, steps=3), tr.sample(key, 2, steps=3, autoguidance_scale=1.0))
+    draw = lambda st, w=None: draw_samples(cfg, st, key, 2, steps=3, autoguidance=autoguidance_of(cfg, st, w))  # noqa: E731
+    np.testing.assert_array_equal(draw(back), draw(state))
+    assert not np.allclose(draw(state), draw(state, 1.0))
 
 
-def test_autoguidance_needs_a_guide():
+def test_autoguidance_is_decided_once_and_needs_a_guide():
+    from helpers.runs import autoguidance_of
+    from helpers.training import TrainState
+
     with pytest.raises(ValueError, match="needs a guide model"):
         get_config("tiny", guide_fraction=None, autoguidance_scale=2.0)
     with pytest.raises(ValueError, match="at least 1"):
         get_config("tiny", guide_fraction=0.2, autoguidance_scale=0.5)
     with pytest.raises(ValueError, match="guide_fraction must be in"):
         get_config("tiny", guide_fraction=1.5)
-    imgs = np.zeros((32, 28, 28, 1), np.uint8)
-    tr = _tiny_trainer(imgs, train_limit=None, guide_fraction=None, autoguidance_scale=1.0)
+    cfg = get_config("tiny", guide_fraction=None, autoguidance_scale=1.0)
+    state = TrainState(cfg)
+    assert autoguidance_of(cfg, state) is None
     with pytest.raises(ValueError, match="trained without --guide-fraction"):
-        tr.sample(jax.random.key(0), 2, steps=2, autoguidance_scale=2.0)
-    tr = _tiny_trainer(imgs, train_limit=None, guide_fraction=0.5, autoguidance_scale=2.0)
-    with pytest.raises(ValueError, match="none yet"):  # before its step the guide holds the initial weights
-        tr.sample(jax.random.key(0), 2, steps=2)
-
-
-def test_the_time_limit_stops_between_chunks():
-    imgs = np.zeros((64, 28, 28, 1), np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=1000, log_every=2, train_limit=None, time_limit_minutes=0.001)
-    hist = tr.fit(progress=False)
-    assert tr.step == 2 and hist["step"] == [0, 1]  # the first chunk (with compilation) already took 0.06 s
+        autoguidance_of(cfg, state, 2.0)
+    cfg = get_config("tiny", guide_fraction=0.5, autoguidance_scale=2.0)
+    state = TrainState(cfg)
+    with pytest.raises(ValueError, match="not taken yet"):  # before its step the guide holds the initial weights
+        autoguidance_of(cfg, state)
+    state.guide.take(state.ema.model, 4)
+    guidance = autoguidance_of(cfg, state)
+    assert guidance.scale == 2.0 and guidance.guide is state.guide.model and guidance.interval is None
+    assert autoguidance_of(cfg, state, 1.0) is None
 
 
 def test_a_checkpoint_written_in_the_background_holds_the_state_of_its_step(tmp_path):
     """Training goes on (donating its buffers) while orbax writes: the files still hold step 4."""
     from helpers.checkpoints import CheckpointManager
+    from helpers.training import TrainState
 
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=12, log_every=4, train_limit=None)
     ckpt, saved = CheckpointManager(tmp_path / "ckpt"), {}
 
-    def on_chunk(t):
-        if t.step == 4:
-            saved["params"] = jax.tree.map(np.array, nnx.state(t.model, nnx.Param))
-            ckpt.save(t)  # returns at once; the next chunks run while it writes
+    def save_at_4(state, chunk):
+        if state.step == 4:
+            saved["params"] = jax.tree.map(np.array, nnx.state(state.model, nnx.Param))
+            ckpt.save(4, state, {"history": {}})  # returns at once; the next chunks run while it writes
 
-    tr.fit(progress=False, on_chunk=on_chunk)
+    cfg, _, _, _ = _fit(imgs, hooks=[save_at_4], max_steps=12, log_every=4, train_limit=None)
     ckpt.wait()
-    back = _tiny_trainer(imgs, max_steps=12, log_every=4, train_limit=None)
-    assert ckpt.restore(back, 4) == 4 and back.step == 4
+    back = nnx.eval_shape(lambda: TrainState(cfg))
+    assert ckpt.restore(4, back)["step"] == 4 and back.step == 4
     jax.tree.map(np.testing.assert_array_equal, nnx.state(back.model, nnx.Param), saved["params"])
 
 
@@ -251,32 +297,18 @@ def test_checkpoints_at_multiples_of_keep_every_outlive_the_last_few(tmp_path):
     from helpers.checkpoints import CheckpointManager
 
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=20, log_every=4, train_limit=None)
     ckpt = CheckpointManager(tmp_path / "ckpt", keep=1, keep_every=8)
-    tr.fit(progress=False, on_chunk=ckpt.save)
+    _fit(imgs, hooks=[lambda state, chunk: ckpt.save(state.step, state, {})], max_steps=20, log_every=4,
+         train_limit=None)
     assert ckpt.steps() == [8, 16, 20]
 
 
-def test_a_fitted_run_re_plans_from_the_loops_rate_without_recompiling(monkeypatch):
-    """The schedule is re-made as the run goes, to end near the limit; the optimiser keeps its state
-    (step count and moments) and the step is not compiled again (the learning rate is an argument)."""
-    import types
+def test_every_run_learning_rate_is_one_warmup_and_cosine():
+    """The history's learning rate is the plan's one schedule at every step: no re-plan, no kink."""
+    from helpers.training import make_lr_schedule
 
-    import helpers.training
-    from helpers.training import PLAN_END, compiled_train_step
-
-    clock = iter(np.arange(0.0, 1e6, 0.1))  # 0.1 s per reading: three readings, 0.3 s, per chunk
-    monkeypatch.setattr(helpers.training, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
-    tr = _tiny_trainer(imgs, max_steps=60, log_every=4, train_limit=None, time_limit_minutes=0.5)
-    tr.run_chunk(0, 1)  # compile
-    compiled = compiled_train_step._cache_size()
-    tr.fit(progress=False, replan=True)
-    assert compiled_train_step._cache_size() == compiled
-    # the first plan's guide step (30 of 60) came before the first re-plan; the guide waited for it
-    assert tr.guide.step >= 0.4 * tr.total_steps
-    # 30 s at 0.3 s per chunk of 4 steps: the plan ends PLAN_END of the way, where the run stopped
-    assert tr.cfg.max_steps == tr.total_steps == tr.step and tr.cfg.fit_steps_to_time
-    assert tr.total_steps == pytest.approx(PLAN_END * 30 / 0.3 * 4, abs=8)
-    assert tr.step == len(tr.history["step"]) + 1  # the optimiser's count went on (1: the compiling step)
-    assert float(tr.lr_schedule(tr.total_steps)) == pytest.approx(tr.cfg.learning_rate * tr.cfg.end_lr_fraction)
+    cfg, plan, _, hist = _fit(imgs, max_steps=24, log_every=4, warmup_steps=4, train_limit=None)
+    want = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, 24, cfg.end_lr_fraction)(np.arange(24))
+    np.testing.assert_allclose(hist["lr"], want, rtol=1e-6)
+    assert plan.chunk_ends == (4, 8, 12, 16, 20, 24)

@@ -25,19 +25,19 @@ def test_a_run_with_other_settings_is_refused_and_left_alone(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
-def test_a_run_fitted_to_its_time_limit_records_its_plan_and_is_reused(tmp_path, tfds_dir, mnist_archives, capsys):
+def test_a_run_with_a_time_budget_records_its_plan_and_is_reused(tmp_path, tfds_dir, mnist_archives, capsys):
     import json
     import re
 
-    cfg = get_config("tiny", fit_steps_to_time=True, time_limit_minutes=0.1)
-    run = tmp_path / "fitted"
+    cfg = get_config("tiny", minutes=0.05)
+    run = tmp_path / "budget"
     _, _, summary = ensure_run(run, cfg, progress=False)
-    said = re.search(r"timed \d+ steps: \d+ ms per step on this machine, so ([\d,]+) steps fill", capsys.readouterr().out)
+    said = re.search(r"timed one step at \d+ ms on this machine: ([\d,]+) steps fill", capsys.readouterr().out)
     assert said, "the run should say how it planned its steps"
-    saved = json.loads((run / "config.json").read_text())
-    # the plan written before training is the one it announced, in whole chunks of log_every steps
-    assert saved["fit_steps_to_time"] is True and saved["max_steps"] == int(said.group(1).replace(",", ""))
-    assert saved["max_steps"] % cfg.log_every == 0 and summary["steps"] <= saved["max_steps"]
-    # asking again for the same (fitted) preset reuses the run instead of refusing the changed max_steps
+    planned = json.loads((run / "plan.json").read_text())["total_steps"]
+    # the plan written before training is the one it announced, in whole chunks, and the run trained all of it
+    assert planned == int(said.group(1).replace(",", "")) and planned % cfg.log_every == 0
+    assert summary["steps"] == planned
+    # asking again for the same budget reuses the run: the config is unchanged, the plan is in plan.json
     _, _, again = ensure_run(run, cfg, progress=False)
     assert again == summary

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
     import helpers  # noqa: F401
     from helpers.config import PRESETS, default_preset_name
-    from helpers.runs import machine_description
+    from helpers.environment import machine_description
 
     preset = args.preset or default_preset_name()
     if preset not in PRESETS:

@@ -54,7 +54,7 @@ def setup(notebook: str) -> str:
     import jax
     import optax
 
-    from helpers.runs import machine_description
+    from helpers.environment import machine_description
 
     os.environ["TUTORIAL_NOTEBOOK"] = notebook
     preset = tutorial_preset()
@@ -81,13 +81,12 @@ def show(fig, name: str):
 
 
 def ensure_run(run_dir, cfg, progress: bool = True):
-    """(cfg, trainer, summary) of the finished run in `run_dir`: trained with `cfg` if the folder is
+    """(cfg, state, summary) of the finished run in `run_dir`: trained with `cfg` if the folder is
     empty, resumed if it was interrupted, loaded as it is if it has finished."""
     import json
 
-    from helpers.checkpoints import load_run
     from helpers.data import file_lock
-    from helpers.runs import train_run
+    from helpers.runs import load_run, train_run
 
     run_dir = Path(run_dir)
     if (run_dir / "config.json").is_file():
@@ -100,8 +99,8 @@ def ensure_run(run_dir, cfg, progress: bool = True):
                 train_run(None, run_dir, resume=True, evaluate=False, progress=progress)
             else:
                 train_run(cfg, run_dir, evaluate=False, progress=progress)
-    cfg, trainer = load_run(run_dir)
-    return cfg, trainer, json.loads((run_dir / "summary.json").read_text())
+    cfg, state = load_run(run_dir)
+    return cfg, state, json.loads((run_dir / "summary.json").read_text())
 
 
 def _check_same_config(run_dir: Path, cfg) -> None:
@@ -116,9 +115,6 @@ def _check_same_config(run_dir: Path, cfg) -> None:
         return {**{k: v for k, v in d.items() if k != "model"}, **d["model"]}
 
     saved, wanted = flat(read_config(run_dir)), flat(cfg)
-    if saved["fit_steps_to_time"] and wanted["fit_steps_to_time"]:  # the saved max_steps is the fitted plan
-        saved.pop("max_steps")
-        wanted.pop("max_steps")
     changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed[:4])
@@ -127,10 +123,10 @@ def _check_same_config(run_dir: Path, cfg) -> None:
 
 
 def trained_run(preset: str | None = None):
-    """(cfg, trainer, summary) of the tutorial run, trained (notebook 04's job) if it is missing.
+    """(cfg, state, summary) of the tutorial run, trained (notebook 04's job) if it is missing.
 
-    `trainer.model` holds the raw weights, `trainer.ema.model` the EMA weights, `trainer.history`
-    the loss history."""
+    `state.model` holds the raw weights, `state.ema.model` the EMA weights, `state.guide` the
+    autoguidance guide; the loss history is in the run folder's history.json."""
     from helpers.config import get_config
 
     preset = preset or tutorial_preset()
