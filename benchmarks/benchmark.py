@@ -85,7 +85,7 @@ def time_train_step(cfg, images, labels, steps: int) -> dict:
             "state": state}
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None)
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
@@ -95,7 +95,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip-sampling", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set dtype=bfloat16 --set hidden_dims=32,64,128")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     import jax
     import numpy as np
 

@@ -1,58 +1,18 @@
 """Data parallelism over every device of every process, with JAX's own multi-controller runtime.
 
-One process runs per host (or per GPU), all the same program. `join_processes` connects them
-(`jax.distributed.initialize`); the mesh then spans every process's devices along one `data` axis.
-Each global batch is split along that axis: a process feeds only the rows that belong to its own
-devices (`process_rows`), and `to_global` assembles the global array from those local pieces, so the
-batch order is the same however many processes feed it. Parameters are replicated, and XLA averages
-the gradients across the devices (over gloo between CPU processes, NCCL between GPUs)."""
+Once the processes have joined (`jax.distributed.initialize`, which scripts/train.py calls), the mesh
+spans every process's devices along one `data` axis. Each global batch is split along it: a process
+feeds only its own devices' rows (`process_rows`), and `to_global` makes the global array from those
+pieces, so the batch order is the same however many processes feed it. Parameters are replicated;
+XLA averages the gradients across devices (gloo between CPU processes, NCCL between GPUs)."""
 
 from __future__ import annotations
-
-import os
-import sys
-import threading
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-
-#: Environment variables by which `jax.distributed.initialize()` recognises a cluster by itself.
-CLUSTER_VARIABLES = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
-
-
-def cluster_detected(environ=os.environ) -> bool:
-    """Whether this process was started by a cluster JAX detects (SLURM or Open MPI with several tasks)."""
-    tasks = environ.get("SLURM_NTASKS") or environ.get("OMPI_COMM_WORLD_SIZE") or "1"
-    return any(v in environ for v in CLUSTER_VARIABLES) and int(tasks) > 1
-
-
-def join_processes(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-                   timeout_s: int = 300) -> None:
-    """`jax.distributed.initialize` from explicit values, or detected from the cluster when all are None.
-    A process that is still alone after `timeout_s` seconds exits with a message saying what to check
-    (JAX itself would abort with a C++ stack trace)."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce over TCP (GPUs: NCCL)
-    who = f"{num_processes} processes" if num_processes else "cluster's processes"
-    where = coordinator or "from the cluster"
-
-    def give_up():
-        print(f"error: the {who} did not all join within {timeout_s} s (coordinator {where}; this is process "
-              f"{process_id}). Start every process with the same --coordinator and --num-processes and a "
-              f"different --process-id, and check that the coordinator's port is reachable. Nothing was written.",
-              file=sys.stderr, flush=True)
-        os._exit(2)
-
-    watchdog = threading.Timer(timeout_s, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=timeout_s + 60)
-    finally:
-        watchdog.cancel()
 
 
 def is_main_process() -> bool:

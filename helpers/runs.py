@@ -1,8 +1,6 @@
-"""A complete run in a folder (config, plan, checkpoints, history, curve, samples, summary): `train_run`,
-which `scripts/train.py` wraps in a command line and the notebooks call directly, and `load_run`.
-
-With several processes (`helpers.distributed`) every process trains; process 0 alone writes the
-folder's files and draws the samples."""
+"""A run in a folder (config, plan, checkpoints, history, curve, samples, summary): `train_run`, which
+scripts/train.py wraps and the notebooks call, and `load_run`. With several processes every one
+trains; process 0 alone writes the files and draws the samples."""
 
 from __future__ import annotations
 
@@ -74,8 +72,8 @@ def _make_run_folder(out: Path, resume: bool) -> bool:
 
 
 def plan_run(cfg: Config, feed: BatchFeed, log=print) -> Plan:
-    """The run's plan: the config's steps, or with a time budget (`minutes`) the steps that fill it at
-    the speed of one step timed now (process 0's timing, so that every process plans alike)."""
+    """The config's plan or, with a time budget (`minutes`), the steps that fill it at the speed of one
+    step timed now (process 0's timing, so that every process plans alike)."""
     if cfg.minutes is None:
         return make_plan(cfg, feed.num_examples)
     seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds_per_step(cfg, feed))))
@@ -87,8 +85,7 @@ def plan_run(cfg: Config, feed: BatchFeed, log=print) -> Plan:
 
 def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, manual_dir=None, log=print,
               devices=None) -> Run:
-    """A new run (config.json and plan.json written) or a resumed one, its state on the mesh of `devices`
-    (default: every device of every process)."""
+    """A new run (config.json, plan.json written) or a resumed one, on the mesh of `devices` (default: all)."""
     made = _make_run_folder(out, resume) if is_main_process() else False
     cfg = read_config(out) if resume else cfg.validate()
     try:
@@ -125,7 +122,7 @@ def describe_run(run: Run) -> str:
 
 
 def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
-    """`train` with the run's hooks, a checkpoint at each of the plan's checkpoint steps among them
+    """`train` with the run's hooks, among them a checkpoint at each of the plan's checkpoint steps
     (written in the background); returns the training time in seconds."""
     cfg, main = run.cfg, is_main_process()
     ckpt = CheckpointManager(run.out / "checkpoints", keep=cfg.keep_checkpoints, keep_every=cfg.keep_checkpoints_every)
@@ -140,8 +137,9 @@ def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
                disable=not (progress and main))
 
     def show_progress(state, chunk):
+        bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}", img_s=f"{len(chunk.losses) * cfg.batch_size / chunk.seconds:.0f}",
+                        refresh=False)
         bar.update(chunk.stop - chunk.start)
-        bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}", img_s=f"{len(chunk.losses) * cfg.batch_size / chunk.seconds:.0f}")
 
     hooks = [stop_at_non_finite_loss, run.history, take_guide_at(run.plan.guide_step), save_checkpoint, show_progress]
     t0 = time.perf_counter()
@@ -158,8 +156,8 @@ def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
 
 
 def autoguidance_of(cfg: Config, state: TrainState, scale: float | None = None) -> Autoguidance | None:
-    """Whether and how a run samples with autoguidance, decided here once: None at scale 1 (default: the
-    config's scale), else its guide; a clear error when the run has no guide or has not taken it yet."""
+    """Whether and how a run samples with autoguidance, decided here: None at scale 1 (default: the
+    config's), else its guide; a clear error when the run has no guide or has not taken it yet."""
     scale = cfg.autoguidance_scale if scale is None else float(scale)
     if scale == 1.0:
         return None
@@ -181,10 +179,8 @@ def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autog
 
 
 def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
-    """(config, state) of a run folder, with its newest readable checkpoint (or that of `step`) loaded.
-
-    The state is built abstractly with `nnx.eval_shape` (shapes only, no initialisation); the checkpoint
-    then fills it. `state.ema.model` is the EMA model to sample from."""
+    """(config, state) of a run folder with its newest readable checkpoint (or `step`'s): the state is
+    built with `nnx.eval_shape` (shapes only) and filled by the checkpoint."""
     cfg = read_config(run_dir)
     state = nnx.eval_shape(lambda: TrainState(cfg))
     manager = CheckpointManager(Path(run_dir) / "checkpoints")
@@ -196,7 +192,7 @@ def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
 
 
 def sample_and_plot(cfg: Config, state: TrainState, history: dict, out: Path):
-    """The run's samples (samples.npy, samples.png) and training curve; returns (samples, seconds, autoguidance)."""
+    """samples.npy, samples.png and training_curve.png; returns (samples, seconds, autoguidance)."""
     plt.close(plot_training_curve(history, path=out / "training_curve.png",
                                   title=f"{cfg.preset}: loss and learning rate"))
     guidance = autoguidance_of(cfg, state)
@@ -217,8 +213,8 @@ def sample_and_plot(cfg: Config, state: TrainState, history: dict, out: Path):
 
 def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume: bool = False,
               progress: bool = True, evaluate: bool = True, log=print, devices=None) -> dict:
-    """Train (or resume) a run in folder `out` and write every file a user wants to see; returns the
-    summary (also written to `summary.json`; an empty dict on processes other than 0)."""
+    """Train (or resume) a run in `out` and write its files; returns the summary (summary.json; an
+    empty dict on processes other than 0)."""
     out, main = Path(out), is_main_process()
     log = log if main else (lambda *args, **kwargs: None)
     run = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log, devices=devices)

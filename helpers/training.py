@@ -1,15 +1,11 @@
-"""Training: the run's state, its plan, the step and the loop.
+"""Training: a state, a plan, a step and a loop.
 
-- `TrainState`: everything a run changes as it trains (model, optimiser, EMA, autoguidance guide,
-  PRNG keys as raw key data), and so exactly what a checkpoint holds.
-- `Plan`: what the run does (steps, learning rate at each, the guide's step, checkpoint steps), fixed
-  from the config before the first step. Neither the plan nor the config changes while a run trains.
-- `train_step`: DDPM training (Ho et al. 2020, algorithm 1), the NNX way (modules updated in place);
-  `compiled_train_step` is its one compiled form, `jax.jit` over the state's donated arrays
-  (`nnx.jit` would walk the module graph in Python on every call, more than a small model's step).
-- `train`: the loop. Chunks of `log_every` steps are dispatched back to back and read once; then
-  small hooks run (stop at a non-finite loss, record, take the guide, checkpoint, progress). Step s's
-  batch and noise depend only on (seed, s), so a resumed run continues exactly."""
+`TrainState` is everything a run changes (and so what a checkpoint holds); `Plan` is what the run
+does, fixed from the config before its first step; `train_step` is DDPM training (Ho et al. 2020,
+algorithm 1), compiled once over the state's donated arrays by `compiled_train_step` (`nnx.jit`
+would walk the module graph in Python every call); `train` dispatches chunks of steps, reads each
+once and calls small hooks. Step s's batch and noise depend only on (seed, s): a resumed run
+continues exactly."""
 
 from __future__ import annotations
 
@@ -40,8 +36,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_lr_schedule(peak: float, warmup_steps: int, total_steps: int, end_fraction: float = 0.01):
-    """Linear warmup from 0 to `peak`, then cosine decay to `end_fraction * peak` at `total_steps`
-    (optax counts the warmup inside `decay_steps`, so the schedule spans the whole run)."""
+    """Linear warmup from 0 to `peak`, then cosine decay to `end_fraction * peak` at `total_steps`."""
     warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
@@ -66,10 +61,8 @@ def make_optimizer(model: nnx.Module, weight_decay: float, grad_clip: float) -> 
 
 
 def ema_decay_at(decay: float, num_updates, warmup: bool = True):
-    """decay_n = min(decay, (1 + n) / (10 + n)) after n updates with warm-up, else `decay`.
-
-    Without warm-up an EMA of 0.9999 still holds 0.9999^n of the random initial weights after n
-    updates, and samples from it are noise for most of a short run."""
+    """decay_n = min(decay, (1 + n) / (10 + n)) after n updates with warm-up, else `decay` (without it an
+    EMA of 0.9999 still holds 0.9999^n of the random initial weights after n updates)."""
     n = jnp.asarray(num_updates, jnp.float32)
     return jnp.minimum(decay, (1.0 + n) / (10.0 + n)) if warmup else jnp.asarray(decay, jnp.float32)
 
@@ -118,15 +111,13 @@ class Guide(nnx.Module):
 
 
 def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
-    """The step at which the guide is taken: `fraction` of the run in whole chunks (the loop
-    reads its state only between chunks), at least one chunk and at most the whole run."""
+    """`fraction` of the run in whole chunks, at least one chunk and at most the whole run."""
     return int(min(total_steps, max(chunk, round(fraction * total_steps / chunk) * chunk)))
 
 
 class TrainState(nnx.Module):
-    """Everything a run changes as it trains, and so everything its checkpoint holds: the model, the
-    optimiser, the EMA, the autoguidance guide (None without one) and the PRNG keys. The step is the
-    optimiser's count of updates."""
+    """Everything a run changes as it trains, and so what its checkpoint holds: model, optimiser, EMA,
+    autoguidance guide (or None) and PRNG keys. The step is the optimiser's count of updates."""
 
     def __init__(self, cfg: Config):
         self.model = create_unet(cfg.model, seed=cfg.seed)
@@ -138,7 +129,6 @@ class TrainState(nnx.Module):
 
     @property
     def step(self) -> int:
-        """The number of optimiser steps taken so far (the global step)."""
         return int(self.optimizer.step[...])
 
 
@@ -169,8 +159,8 @@ class Plan:
 
 
 def make_plan(cfg: Config, num_examples: int, total_steps: int | None = None) -> Plan:
-    """The plan of a run of `cfg` on `num_examples` images: `total_steps` (a timed budget), else the
-    config's max_steps, else its epochs. Chunks end every log_every steps and at every event."""
+    """The plan of `cfg` on `num_examples` images over `total_steps` (a time budget's), else max_steps,
+    else the epochs. Chunks end every log_every steps and at each checkpoint and the guide's step."""
     spe = steps_per_epoch(num_examples, cfg.batch_size)
     total = int(total_steps or cfg.max_steps or cfg.epochs * spe)
     guide = guide_step(cfg.guide_fraction, total, cfg.log_every) if cfg.guide_fraction else None
@@ -189,9 +179,8 @@ def steps_for_minutes(seconds_per_step: float, minutes: float, chunk: int = 1) -
 
 def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
                learning_rate, cfg: Config):
-    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step at `learning_rate`, EMA update.
-
-    Returns {"loss", "grad_norm"}; `mask` is 0 for the padding of an epoch's short last batch."""
+    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step at `learning_rate`, EMA
+    update. Returns {"loss", "grad_norm"}; `mask` is 0 for the padding of an epoch's short last batch."""
     t_key, noise_key, label_key = jax.random.split(key, 3)
     t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)  # t ~ U{0, ..., T-1}
     noise = jax.random.normal(noise_key, x0.shape)  # eps ~ N(0, I)
@@ -214,8 +203,7 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("state",))
 def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, cfg: Config):
-    """`train_step` at global step `step` on the pure arrays of a `TrainState`, compiled once; the
-    arrays are donated (updated in place). The step's key is fold_in(noise key, step). Returns
+    """`train_step` on a `TrainState`'s donated arrays with key fold_in(noise key, step); returns
     (new state, metrics)."""
     ts = nnx.merge(graphdef, state)
     key = jax.random.fold_in(jax.random.wrap_key_data(ts.keys[...][1]), step)

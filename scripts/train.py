@@ -16,7 +16,9 @@ summary.json, quality figures (evaluate.json) and checkpoints/ (orbax).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 
 import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
@@ -44,10 +46,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cluster_detected(environ=os.environ) -> bool:
+    """Whether a cluster that `jax.distributed.initialize()` detects by itself (SLURM, Open MPI) started
+    this process as one of several tasks."""
+    tasks = environ.get("SLURM_NTASKS") or environ.get("OMPI_COMM_WORLD_SIZE") or "1"
+    return any(v in environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")) and int(tasks) > 1
+
+
+def join_processes(coordinator=None, num_processes=None, process_id=None, timeout_s: int = 300) -> None:
+    """`jax.distributed.initialize` with these values (None: the cluster's). A process still alone after
+    `timeout_s` seconds exits with what to check (JAX itself would abort with a C++ stack trace)."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce over TCP (GPUs: NCCL)
+    who = f"{num_processes} processes" if num_processes else "cluster's processes"
+    where = coordinator or "from the cluster"
+
+    def give_up():
+        print(f"error: the {who} did not all join within {timeout_s} s (coordinator {where}; this is process "
+              f"{process_id}). Start every process with the same --coordinator and --num-processes and a "
+              f"different --process-id, and check that the coordinator's port is reachable. Nothing was written.",
+              file=sys.stderr, flush=True)
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=timeout_s + 60)
+    watchdog.cancel()
+
+
 def join_processes_from(args) -> None:
     """Join the other processes when the flags (or a cluster such as SLURM) say there are any."""
-    from helpers.distributed import cluster_detected, join_processes
-
     flags = (args.coordinator, args.num_processes, args.process_id)
     if all(v is None for v in flags):
         if cluster_detected():
