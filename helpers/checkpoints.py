@@ -1,10 +1,7 @@
-"""Checkpoints with orbax-checkpoint: the state of an `nnx.Module` (a run's `TrainState`), with JSON
-metadata beside it (the step, the config, the loss history).
-
-Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run killed
-mid-save keeps its previous ones; `restore_latest` skips any that cannot be read, saying so. With
-several processes every one calls `save` and `restore` with its global arrays; orbax writes each array
-once and the metadata from process 0."""
+"""Checkpoints with orbax-checkpoint: the state of an `nnx.Module` (a run's `TrainState`) and JSON metadata
+(the step, the config, the loss history). Orbax writes each one to a temporary folder and renames it when
+complete, so a run killed mid-save keeps its previous ones; `restore_latest` skips unreadable ones, saying
+so. With several processes each calls `save` and `restore`; orbax writes each array and the metadata once."""
 
 from __future__ import annotations
 
@@ -55,21 +52,18 @@ def _abstract(pure: dict, sharding):
 class CheckpointManager:
     """Save every N steps and at the end, keep the last few (and those at multiples of `keep_every`:
     notebook 04 samples from them), restore the newest readable one."""
-
     def __init__(self, directory, keep: int = 3, keep_every: int | None = None):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every, create=True,
                                                enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def steps(self) -> list[int]:
-        """The steps of the checkpoints on disk, oldest first."""
+    def steps(self) -> list[int]:  # of the checkpoints on disk, oldest first
         self.wait()
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def wait(self) -> None:
-        """Block until a save that is still being written in the background is complete."""
+    def wait(self) -> None:  # until a save still being written in the background is complete
         self._manager.wait_until_finished()
 
     def save(self, step: int, module: nnx.Module, meta: dict) -> int:
@@ -86,14 +80,14 @@ class CheckpointManager:
         if step not in self.steps():
             raise CheckpointError(f"{self.directory} has no checkpoint of step {step}; it keeps steps {self.steps()}.")
         state = nnx.state(module)
+        sharding = sharding or SingleDeviceSharding(jax.local_devices()[0])
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(_pure(state), sharding or SingleDeviceSharding(jax.local_devices()[0]))),
-            meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract(_pure(state), sharding)), meta=ocp.args.JsonRestore()))
         pure, meta = restored["state"], restored["meta"]
         if int(meta["step"]) != step:
             raise CheckpointError(f"checkpoint {step} says it is step {meta['step']}")
         floats = [x for x in jax.tree.leaves(pure) if np.issubdtype(x.dtype, np.floating)]
-        if not all(bool(jax.numpy.all(jax.numpy.isfinite(x))) for x in floats):
+        if not all(bool(jax.numpy.isfinite(x).all()) for x in floats):
             raise CheckpointError(f"checkpoint {step} holds non-finite values")
         keys_back = lambda new, old: jax.random.wrap_key_data(new) if _is_key(old) else new  # noqa: E731
         nnx.replace_by_pure_dict(state, jax.tree.map(keys_back, pure, nnx.to_pure_dict(state)))

@@ -1,10 +1,8 @@
 """Run configuration and presets: `paper` (the reference tutorial, for GPUs), `cpu` and `tiny`.
 
-Every field can be overridden: `get_config("cpu", batch_size=128)` in a notebook, or
-`--batch-size 128` on the command line (scripts/train.py builds its flags from these fields).
-A `Config` is a passive value: it names choices and checks them, it builds nothing, and a run
-never changes it. The measurements behind the `cpu` preset's choices are on the docs site's
-Results page."""
+Every field can be overridden: `get_config("cpu", batch_size=128)`, or `--batch-size 128` (scripts/train.py
+builds its flags from these fields). A `Config` is passive: it names choices and checks them, builds
+nothing, and a run never changes it."""
 
 from __future__ import annotations
 
@@ -25,7 +23,6 @@ SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
 @dataclass(frozen=True)
 class Config:
     """Everything that defines a training run; `validate()` says what to change in a bad one."""
-
     dataset: str = "mnist"
     train_limit: int | None = None  # use only the first N training images (tiny runs)
     model: UNetConfig = field(default_factory=UNetConfig)
@@ -73,8 +70,7 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed; model fields may be given directly (`hidden_dims=...`)."""
-        model_fields = {f.name for f in dataclasses.fields(UNetConfig)}
-        model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
+        model_changes = {k: changes.pop(k) for k in list(changes) if k in UNetConfig.__dataclass_fields__}
         model = dataclasses.replace(changes.pop("model", self.model), **model_changes)
         return dataclasses.replace(self, model=model, **changes)
 
@@ -107,8 +103,7 @@ class Config:
                              f"images: lower --batch-size (or raise --train-limit).")
         return self
 
-    def to_json(self) -> str:
-        """The config as indented JSON (what a run's `config.json` holds)."""
+    def to_json(self) -> str:  # what a run's config.json holds
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
@@ -119,8 +114,7 @@ class Config:
         model = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model", {}).items()}
         if d.get("autoguidance_interval") is not None:
             d["autoguidance_interval"] = tuple(d["autoguidance_interval"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} | set(model) - {
-            f.name for f in dataclasses.fields(UNetConfig)}
+        unknown = set(d) - set(cls.__dataclass_fields__) | set(model) - set(UNetConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"Unknown config fields {sorted(unknown)}.")
         return cls(model=UNetConfig(**model), **d)

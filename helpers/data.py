@@ -35,20 +35,17 @@ def default_data_dir() -> Path:
 
 
 def manual_dir_candidates(name: str, data_dir: Path) -> list[Path]:
-    """Where the original archives are looked for: `downloads/manual/<name>/` (MNIST and Fashion-MNIST
-    share file names), then TFDS's own default `downloads/manual/`."""
-    manual = Path(data_dir) / "downloads" / "manual"
-    return [manual / name, manual]
+    """Where the archives are looked for: `downloads/manual/<name>/` (MNIST and Fashion-MNIST share file
+    names), then TFDS's own default `downloads/manual/`."""
+    return [Path(data_dir) / "downloads" / "manual" / name, Path(data_dir) / "downloads" / "manual"]
 
 
 def _import_tfds():
     """Import TFDS with TensorFlow kept off every GPU (JAX owns the accelerator)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
-
     with contextlib.suppress(RuntimeError):  # raised when TensorFlow already runs: nothing more to do
         tf.config.set_visible_devices([], "GPU")
-
     return tfds
 
 
@@ -85,15 +82,12 @@ def file_lock(path):
 
 def load_split(name: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
                manual_dir: str | os.PathLike | None = None, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one split into memory: uint8 images (N, 28, 28, 1) and int32 labels (N,).
-
-    Order of attempts: an array cache next to the prepared dataset; a prepared TFDS dataset;
-    the original archives in a manual directory (prepared offline by TFDS's own builder, checksums
-    verified); a download when the internet is there. Otherwise `DataNotFoundError`, at once."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASETS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}: choose one of {', '.join(SPLITS)}.")
+    """Read one split into memory: uint8 images (N, 28, 28, 1) and int32 labels (N,). Tried in turn: an
+    array cache next to the prepared dataset; the prepared TFDS dataset; the original archives in a manual
+    directory (prepared offline by TFDS, checksums verified); a download. Else `DataNotFoundError`, at once."""
+    for kind, value, allowed in (("dataset", name, DATASETS), ("split", split, SPLITS)):
+        if value not in allowed:
+            raise ValueError(f"Unknown {kind} {value!r}: choose one of {', '.join(allowed)}.")
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
     cache = data_dir / "mnist_diffusion_jax_cache" / f"{name}-3.0.1-{split}.npz"  # TFDS's version of both
     if not cache.is_file():
@@ -146,9 +140,7 @@ def to_model_range(images_uint8: jax.Array) -> jax.Array:
 def from_model_range(x: jax.Array | np.ndarray, crop: bool = False) -> np.ndarray:
     """[-1, 1] -> [0, 1] float numpy, optionally cropped back to 28 x 28."""
     x = np.clip((np.asarray(x, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
-    if crop:
-        x = x[..., PAD:-PAD, PAD:-PAD, :]
-    return x
+    return x[..., PAD:-PAD, PAD:-PAD, :] if crop else x
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -157,20 +149,17 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def epoch_order(data_key: jax.Array, epoch, num_examples: int, batch_size: int) -> jax.Array:
-    """The example order of one epoch, padded to steps_per_epoch * batch_size; pure and jittable.
-
-    It is `permutation(fold_in(data_key, epoch))`, so every epoch sees every example exactly once and
-    a resumed run sees exactly the batches it would have seen. The padding repeats the first indices;
-    `batch_slice` gives them mask 0."""
+    """The example order of one epoch, `permutation(fold_in(data_key, epoch))` padded to steps_per_epoch *
+    batch_size (repeating its first indices, which `batch_slice` masks): every epoch sees every example
+    once, and a resumed run sees exactly the batches it would have seen. Pure and jittable."""
     spe = steps_per_epoch(num_examples, batch_size)
     perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
     return jnp.concatenate([perm, perm[: spe * batch_size - num_examples]])
 
 
 def batch_slice(order: jax.Array, pos, num_examples: int, batch_size: int):
-    """Indices (B,) and mask (B,) of batch `pos` of an epoch order. The last batch of an epoch keeps
-    its shape (B,), so it never triggers a recompile; its padded examples get mask 0 and do not
-    count in the loss."""
+    """Indices (B,) and mask (B,) of batch `pos` of an epoch order. An epoch's last batch keeps its shape
+    (no recompile); its padded examples get mask 0 and do not count in the loss."""
     start = jnp.asarray(pos) * batch_size
     idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
     mask = (start + jnp.arange(batch_size)) < num_examples

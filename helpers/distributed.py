@@ -1,10 +1,9 @@
 """Data parallelism over every device of every process, with JAX's own multi-controller runtime.
 
-Once the processes have joined (`jax.distributed.initialize`, which scripts/train.py calls), the mesh
-spans every process's devices along one `data` axis. Each global batch is split along it: a process
-feeds only its own devices' rows (`process_rows`), and `to_global` makes the global array from those
-pieces, so the batch order is the same however many processes feed it. Parameters are replicated;
-XLA averages the gradients across devices (gloo between CPU processes, NCCL between GPUs)."""
+Once the processes have joined (`jax.distributed.initialize`, in scripts/train.py), the mesh spans every
+process's devices along one `data` axis. A process feeds only its own devices' rows of each global batch,
+which `to_global` assembles, so the batch order is the same however many processes feed it. Parameters are
+replicated; XLA averages the gradients across devices (gloo between CPU processes, NCCL between GPUs)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The process environment: GPU memory shared by TensorFlow (data) and JAX (everything else),
-`tune_for_cpu()`, the one explicit call that tunes XLA and the C library for a CPU (the scripts and
-the notebooks' `tutorial.setup` make it; the Performance page has the measurements behind it), and
-what a run records of the machine it ran on (`machine_description`, the CPU time other machines took)."""
+"""The process environment: GPU memory shared by TensorFlow (data) and JAX, `tune_for_cpu()` (the one
+explicit call that tunes XLA and the C library for a CPU; the Performance page has its measurements), and
+what a run records of its machine (`machine_description`, the CPU time other machines took)."""
 
 from __future__ import annotations
 
@@ -45,9 +44,8 @@ def with_cpu_xla_flag(xla_flags: str, jaxlib_version: str | None) -> str:
 
 
 def huge_pages_environment(environ: dict[str, str], libc: tuple[str, str], thp_mode: str | None):
-    """The environment to restart with, or None where a restart changes nothing: not glibc >= 2.35,
-    a kernel mode other than "madvise", the tunable already set (no second restart), or
-    $MNIST_DIFFUSION_HUGE_PAGES=0."""
+    """The environment to restart with, or None where a restart changes nothing: not glibc >= 2.35, a kernel
+    mode other than "madvise", the tunable already set (no second restart), or $MNIST_DIFFUSION_HUGE_PAGES=0."""
     name, version = libc
     tunables = environ.get("GLIBC_TUNABLES", "")
     if (environ.get("MNIST_DIFFUSION_HUGE_PAGES") == "0" or name != "glibc" or not version
@@ -58,10 +56,7 @@ def huge_pages_environment(environ: dict[str, str], libc: tuple[str, str], thp_m
 
 def transparent_huge_pages_mode(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
     """The kernel's transparent-huge-page mode ("always", "madvise" or "never"); None if unknown."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return None
+    text = Path(path).read_text() if Path(path).is_file() else ""
     return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
 
 
@@ -69,12 +64,8 @@ def tune_for_cpu(restart: bool = True) -> None:
     """Before JAX starts: add `CPU_XLA_FLAG` to $XLA_FLAGS and, with `restart`, turn on huge pages,
     which glibc reads only at start-up: the script restarts itself once, same arguments, saying so.
     What the user set in either variable is kept."""
-    try:
-        jaxlib = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
-        jaxlib = None
-    flags = with_cpu_xla_flag(os.environ.get("XLA_FLAGS", ""), jaxlib)
-    if flags != os.environ.get("XLA_FLAGS", ""):
+    jaxlib = next((d.version for d in metadata.distributions(name="jaxlib")), None)
+    if flags := with_cpu_xla_flag(os.environ.get("XLA_FLAGS", ""), jaxlib):
         os.environ["XLA_FLAGS"] = flags
     env = huge_pages_environment(dict(os.environ), platform.libc_ver(), transparent_huge_pages_mode())
     if restart and env is not None and sys.executable:
@@ -89,10 +80,10 @@ def machine_description() -> str:
     with several processes, 'cpu x2 in 2 processes (...)'."""
     import jax
 
-    devices = jax.devices()
+    devices, info = jax.devices(), Path("/proc/cpuinfo")
     kind = getattr(devices[0], "device_kind", "")
     if jax.default_backend() == "cpu" or not kind:
-        lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+        lines = info.read_text().splitlines() if info.is_file() else []
         kind = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
                     platform.processor() or platform.machine())
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""

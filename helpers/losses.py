@@ -70,5 +70,5 @@ def loss_weights(weighting: str, prediction: str, schedule: NoiseSchedule, t, ga
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean over the examples whose mask is 1 (padded examples of a short last batch have mask 0)."""
+    """Mean over the examples whose mask is 1 (the padding of an epoch's short last batch has mask 0)."""
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -1,12 +1,8 @@
-"""Sample quality offline: a small MNIST classifier (its weights ship in `helpers/assets/`, so every
-machine scores with the same network) and figures computed in its feature space:
-
-- the Frechet distance to the 10,000 test digits (FID's formula, Heusel et al. 2017, with this
-  classifier instead of Inception); it depends on the number of samples N, so reports state N;
-- the confident share (confidence > 0.9), read together with the class histogram: a classifier
-  can be very confident on noise;
-- precision and recall (Kynkaanniemi et al. 2019), and each sample's distance to its nearest
-  training image against real test digits' (memorised copies sit much closer)."""
+"""Sample quality offline, in the feature space of a small MNIST classifier whose weights ship in
+`helpers/assets/` (every machine scores with the same network): the Frechet distance to the 10,000 test
+digits (FID's formula, Heusel et al. 2017; it depends on N, so reports state N), the confident share with
+the class histogram (a classifier can be confident on noise), precision and recall (Kynkaanniemi et al.
+2019), and the distance to the nearest training image against real test digits' (memorised copies sit closer)."""
 
 from __future__ import annotations
 
@@ -29,7 +25,6 @@ CLASSIFIER_VERSION = "v3"
 class Classifier(nnx.Module):
     """A small CNN on 32 x 32 images in [-1, 1] (32 -> 16 -> 8 -> 4); `features` is its 128-d
     penultimate layer, the space the Frechet distance and precision/recall are computed in."""
-
     def __init__(self, num_classes: int = 10, *, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(1, 32, (3, 3), padding="SAME", rngs=rngs)
         self.conv2 = nnx.Conv(32, 64, (3, 3), padding="SAME", rngs=rngs)
@@ -40,10 +35,9 @@ class Classifier(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """The 128 pre-ReLU units of the dense layer: the feature space of every figure."""
-        h = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), (2, 2))
-        h = nnx.max_pool(nnx.relu(self.conv2(h)), (2, 2), (2, 2))
-        h = nnx.max_pool(nnx.relu(self.conv3(h)), (2, 2), (2, 2))
-        return self.dense(h.reshape(h.shape[0], -1))  # before the ReLU: noise does not collapse to 0
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = nnx.max_pool(nnx.relu(conv(x)), (2, 2), (2, 2))
+        return self.dense(x.reshape(x.shape[0], -1))  # before the ReLU: noise does not collapse to 0
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.head(self.dropout(nnx.relu(self.features(x))))
@@ -52,7 +46,6 @@ class Classifier(nnx.Module):
 def _predict(model, images_m11: np.ndarray, batch: int = 1000):
     """Logits and features of images in [-1, 1], (N, 32, 32, 1)."""
     graphdef, state = nnx.split(model)
-
     @jax.jit
     def run(state, x):
         m = nnx.merge(graphdef, state)
@@ -86,19 +79,15 @@ def load_classifier_weights(path=SHIPPED_CLASSIFIER) -> Classifier:
                          f"package, or rewrite them with `python tools/export_classifier.py`.") from err
     if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
         raise ValueError(f"{path} does not hold the weights of this classifier (version {CLASSIFIER_VERSION})")
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, unflatten_dict({k: jnp.asarray(v) for k, v in got.items()}, sep="/"))
-    nnx.update(model, state)
+    nnx.update(model, unflatten_dict({k: jnp.asarray(v) for k, v in got.items()}, sep="/"))
     return model
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64 (Heusel et al. 2017, eq. 6); the trace
     of the square root is the sum of the square roots of S1 S2's eigenvalues (no unstable matrix sqrt)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    eig = np.linalg.eigvals(s1 @ s2)
-    tr_sqrt = np.sum(np.sqrt(np.clip(eig.real, 0.0, None)))
+    mu1, mu2, s1, s2 = (np.asarray(a, np.float64) for a in (mu1, mu2, sigma1, sigma2))
+    tr_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0.0, None)))
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
 
 
@@ -108,7 +97,7 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def _pairwise_sq(a, b):
+def _pairwise_sq(a, b):  # squared distances between the rows of a and of b
     return jnp.maximum(jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
@@ -128,16 +117,13 @@ def _inside_any_ball(points, centers, radii, chunk: int = 2000) -> np.ndarray:
 
 def precision_recall(real_features, fake_features, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019, eqs. 1-3) with k-NN manifolds."""
-    real_r = _kth_nn_radius(real_features, k)
-    fake_r = _kth_nn_radius(fake_features, k)
-    precision = float(np.mean(_inside_any_ball(fake_features, real_features, real_r)))
-    recall = float(np.mean(_inside_any_ball(real_features, fake_features, fake_r)))
-    return precision, recall
+    precision = np.mean(_inside_any_ball(fake_features, real_features, _kth_nn_radius(real_features, k)))
+    recall = np.mean(_inside_any_ball(real_features, fake_features, _kth_nn_radius(fake_features, k)))
+    return float(precision), float(recall)
 
 
 def nearest_neighbours(samples_m11, train_m11, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image, and
-    that image's index."""
+    """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image, and its index."""
     t = jnp.asarray(np.reshape(train_m11, (len(train_m11), -1)), jnp.float32)
     s = np.reshape(samples_m11, (len(samples_m11), -1))
     dist, idx = [], []
@@ -151,7 +137,6 @@ def nearest_neighbours(samples_m11, train_m11, chunk: int = 500) -> tuple[np.nda
 
 class Evaluator:
     """Holds the classifier and the reference statistics of the real test (and training) digits."""
-
     def __init__(self, data_dir=None, manual_dir=None, quick: bool = False):
         self.quick = quick  # smoke runs: 2,000 test and 5,000 training digits
         self.model = load_classifier_weights()
@@ -159,8 +144,7 @@ class Evaluator:
                                               limit=2_000 if quick else None)
         train_x, _ = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir,
                                 limit=5_000 if quick else None)
-        self.test_m11 = np.asarray(to_model_range(jnp.asarray(test_x)))
-        self.train_m11 = np.asarray(to_model_range(jnp.asarray(train_x)))
+        self.test_m11, self.train_m11 = (np.asarray(to_model_range(jnp.asarray(x))) for x in (test_x, train_x))
         _, self.test_features = _predict(self.model, self.test_m11)
         self.test_mu, self.test_sigma = feature_stats(self.test_features)
 
@@ -204,19 +188,16 @@ def get_evaluator(data_dir=None, manual_dir=None, quick: bool = False) -> Evalua
 
 def format_table(figures: dict) -> str:
     """The figures of `Evaluator.evaluate` as a readable two-column table."""
-    rows = [
-        ("samples (N)", f"{figures['n']}"),
-        (f"Frechet distance (classifier features, N={figures['n']})", f"{figures['frechet_distance']:.3f}"),
-        ("mean confidence", f"{figures['mean_confidence']:.3f}"),
-        ("share with confidence > 0.9", f"{figures['confident_share']:.3f}"),
-        ("class shares min / max", f"{figures['min_class_share']:.3f} / {figures['max_class_share']:.3f}"),
-        ("KL(class histogram || uniform)", f"{figures['class_kl_from_uniform']:.4f}"),
-        ("precision / recall (k=3)", f"{figures['precision']:.3f} / {figures['recall']:.3f}"),
-        ("nearest-train distance (samples / real test)",
-         f"{figures['nn_train_distance']:.2f} / {figures['nn_train_distance_real_test']:.2f}"),
-    ]
-    w = max(len(r[0]) for r in rows)
-    return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
+    f = figures
+    rows = {"samples (N)": f"{f['n']}",
+            f"Frechet distance (classifier features, N={f['n']})": f"{f['frechet_distance']:.3f}",
+            "mean confidence": f"{f['mean_confidence']:.3f}", "share with confidence > 0.9": f"{f['confident_share']:.3f}",
+            "class shares min / max": f"{f['min_class_share']:.3f} / {f['max_class_share']:.3f}",
+            "KL(class histogram || uniform)": f"{f['class_kl_from_uniform']:.4f}",
+            "precision / recall (k=3)": f"{f['precision']:.3f} / {f['recall']:.3f}",
+            "nearest-train distance (samples / real test)":
+                f"{f['nn_train_distance']:.2f} / {f['nn_train_distance_real_test']:.2f}"}
+    return "\n".join(f"{a:<{max(map(len, rows))}}  {b}" for a, b in rows.items())
 
 
 def evaluate_samples(samples_m11, out_dir=None, data_dir=None, manual_dir=None, log=print,

@@ -11,7 +11,7 @@ import numpy as np
 from helpers.data import from_model_range
 
 
-def _save(fig, path):
+def _save(fig, path):  # as a PNG too, when given a path
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -19,16 +19,14 @@ def _save(fig, path):
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile (N, H, W, 1) images in [-1, 1] into one (rows*H, cols*W) array in [0, 1]."""
+    """Tile (N, H, W, 1) images in [-1, 1] into one (rows*H, cols*W) array in [0, 1], white between them."""
     x = from_model_range(images)[..., 0]
     n, h, w = x.shape
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
-    return grid
+    x = np.pad(x, ((0, nrows * ncols - n), (pad, 0), (pad, 0)), constant_values=1.0)  # white border and blanks
+    grid = x.reshape(nrows, ncols, h + pad, w + pad).transpose(0, 2, 1, 3).reshape(nrows * (h + pad), ncols * (w + pad))
+    return np.pad(grid, ((0, pad), (0, pad)), constant_values=1.0)
 
 
 def plot_samples(images, title: str = "Samples", ncols: int | None = None, path=None, size: float = 0.6,
@@ -44,8 +42,7 @@ def plot_samples(images, title: str = "Samples", ncols: int | None = None, path=
         h = images.shape[1] + 2
         ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(row_labels))], [str(r) for r in row_labels])
         ax.tick_params(length=0)
-        for s in ax.spines.values():
-            s.set_visible(False)
+        ax.spines[:].set_visible(False)
     else:
         ax.axis("off")
     ax.set_title(title)
@@ -104,13 +101,10 @@ def plot_trajectory(xs, pairs, num_frames: int = 10, path=None, title: str = "Re
 def save_trajectory_gif(xs, path, ncols: int | None = None, frames: int = 40, scale: int = 3, duration_ms: int = 80):
     """An animated GIF of the reverse process: each frame is the grid of x_t at one step."""
     from PIL import Image
-
     xs = np.asarray(xs)
-    idx = np.unique(np.linspace(0, len(xs) - 1, frames).round().astype(int))
-    images = []
-    for k in idx:
-        g = (image_grid(xs[k], ncols) * 255).astype(np.uint8)
-        images.append(Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST))
+    grids = [(image_grid(xs[k], ncols) * 255).astype(np.uint8)
+             for k in np.unique(np.linspace(0, len(xs) - 1, frames).round().astype(int))]
+    images = [Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST) for g in grids]
     images += [images[-1]] * 10  # hold the final frame
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

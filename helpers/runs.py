@@ -1,10 +1,8 @@
 """A run in a folder (config, plan, checkpoints, history, curve, samples, summary): `train_run`, which
-scripts/train.py wraps and the notebooks call, and `load_run`. With several processes every one
-trains; process 0 alone writes the files and draws the samples."""
+scripts/train.py and the notebooks call, and `load_run`. Every process trains; process 0 writes and samples."""
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -37,7 +35,6 @@ class RunExistsError(FileExistsError):
 
 class Run(NamedTuple):
     """A run being trained: its folder, config and plan (both fixed), state, data feed and history."""
-
     out: Path
     cfg: Config
     plan: Plan
@@ -49,10 +46,8 @@ class Run(NamedTuple):
 def write_history(history: dict, out: Path) -> None:
     """history.json and history.csv (step, epoch, loss, lr, images_per_s)."""
     (out / "history.json").write_text(json.dumps(history))
-    with open(out / "history.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(list(history))
-        writer.writerows(zip(*history.values()))
+    rows = [",".join(history)] + [",".join(map(str, row)) for row in zip(*history.values())]
+    (out / "history.csv").write_text("\n".join(rows) + "\n")
 
 
 def _make_run_folder(out: Path, resume: bool) -> bool:
@@ -73,7 +68,7 @@ def _make_run_folder(out: Path, resume: bool) -> bool:
 
 def plan_run(cfg: Config, feed: BatchFeed, log=print) -> Plan:
     """The config's plan or, with a time budget (`minutes`), the steps that fill it at the speed of one
-    step timed now (process 0's timing, so that every process plans alike)."""
+    step timed now (process 0's, so that every process plans alike)."""
     if cfg.minutes is None:
         return make_plan(cfg, feed.num_examples)
     seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds_per_step(cfg, feed))))
@@ -122,8 +117,8 @@ def describe_run(run: Run) -> str:
 
 
 def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
-    """`train` with the run's hooks, among them a checkpoint at each of the plan's checkpoint steps
-    (written in the background); returns the training time in seconds."""
+    """`train` with the run's hooks, among them a checkpoint (written in the background) at each of the
+    plan's checkpoint steps; returns the training time in seconds."""
     cfg, main = run.cfg, is_main_process()
     ckpt = CheckpointManager(run.out / "checkpoints", keep=cfg.keep_checkpoints, keep_every=cfg.keep_checkpoints_every)
 
@@ -157,7 +152,7 @@ def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
 
 def autoguidance_of(cfg: Config, state: TrainState, scale: float | None = None) -> Autoguidance | None:
     """Whether and how a run samples with autoguidance, decided here: None at scale 1 (default: the
-    config's), else its guide; a clear error when the run has no guide or has not taken it yet."""
+    config's), else its guide; a clear error when it has no guide or has not taken it yet."""
     scale = cfg.autoguidance_scale if scale is None else float(scale)
     if scale == 1.0:
         return None
@@ -179,8 +174,8 @@ def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autog
 
 
 def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
-    """(config, state) of a run folder with its newest readable checkpoint (or `step`'s): the state is
-    built with `nnx.eval_shape` (shapes only) and filled by the checkpoint."""
+    """(config, state) of a run folder at its newest readable checkpoint (or `step`'s); the state is built
+    with `nnx.eval_shape` (shapes only) and filled by the checkpoint."""
     cfg = read_config(run_dir)
     state = nnx.eval_shape(lambda: TrainState(cfg))
     manager = CheckpointManager(Path(run_dir) / "checkpoints")

@@ -34,8 +34,8 @@ def ddim_pairs(num_timesteps: int, steps: int) -> np.ndarray:
 
 
 def lambda_pairs(schedule: NoiseSchedule, steps: int) -> np.ndarray:
-    """Like `ddim_pairs`, but at the timesteps nearest to `steps` values of lambda evenly spaced from
-    lambda_{T-1} to lambda_0 (the logSNR spacing of Lu et al. 2022), each below the one before."""
+    """Like `ddim_pairs`, at the timesteps nearest to `steps` values of lambda evenly spaced from lambda_{T-1}
+    to lambda_0 (the logSNR spacing of Lu et al. 2022), each below the one before."""
     lam, num_timesteps = np.asarray(0.5 * np.log(schedule.snr())), schedule.num_timesteps
     ddim_pairs(num_timesteps, steps)  # checks steps
     t = [num_timesteps - 1]
@@ -50,13 +50,11 @@ class DDIMSampler:
     """Any number of steps; eta = 0 is deterministic. With eta = 1 over every one of the T steps,
     sigma^2 is the DDPM posterior variance and the update is DDPM's ancestral step, sampling from
     p(x_{t-1} | x_t) = N(mu_tilde, beta_tilde I) (Ho et al. 2020, eqs. 6-7; Song et al. 2021, sec. 4.1)."""
-
     schedule: NoiseSchedule
     steps: int = struct.field(pytree_node=False, default=100)
     eta: float = 0.0
 
-    def pairs(self) -> np.ndarray:
-        """The (t, t_prev) pairs this sampler steps over."""
+    def pairs(self) -> np.ndarray:  # the (t, t_prev) pairs this sampler steps over
         return ddim_pairs(self.schedule.num_timesteps, self.steps)
 
     def sigma(self, t, t_prev):
@@ -66,9 +64,8 @@ class DDIMSampler:
 
     def step(self, x_t, x0_hat, eps_hat, t, t_prev, noise, x0_before=None, t_before=None):
         """x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z (eq. 12).
-        (DDIM needs only this step's estimates; `x0_before` and `t_before` are for multistep samplers.)"""
-        ab_prev = self.schedule.alpha_bar_at(t_prev)
-        sigma = self.sigma(t, t_prev)
+        (`x0_before` and `t_before` are for multistep samplers.)"""
+        ab_prev, sigma = self.schedule.alpha_bar_at(t_prev), self.sigma(t, t_prev)
         direction = jnp.sqrt(jnp.clip(1.0 - ab_prev - sigma**2, 0.0, None)) * eps_hat
         return jnp.sqrt(ab_prev) * x0_hat + direction + sigma * noise
 
@@ -79,18 +76,14 @@ class DPMSolverPP:
     """A second-order multistep solver in lambda: it reuses the previous step's x0_hat to extrapolate,
     so it costs one network evaluation per step, like DDIM. Its first and last steps are first order,
     where it equals DDIM with eta = 0 (ODE) or eta = 1 (SDE)."""
-
     schedule: NoiseSchedule
     steps: int = struct.field(pytree_node=False, default=20)
     sde: bool = struct.field(pytree_node=False, default=False)
 
-    def pairs(self) -> np.ndarray:
-        """The (t, t_prev) pairs this sampler steps over: evenly spaced in lambda, where the
-        solver's polynomial in lambda is accurate (on DDIM's even t, the last steps are too long)."""
+    def pairs(self) -> np.ndarray:  # evenly spaced in lambda, where the solver is accurate (not even in t)
         return lambda_pairs(self.schedule, self.steps)
 
-    def log_alpha_over_sigma(self, t):
-        """lambda_t = log(alpha_t / sigma_t) = log(SNR_t) / 2; +inf at the clean image (t = -1)."""
+    def log_alpha_over_sigma(self, t):  # lambda_t = log(alpha_t / sigma_t) = log(SNR_t) / 2; +inf at t = -1
         return 0.5 * jnp.log(self.schedule.snr(t))
 
     def step(self, x_t, x0_hat, eps_hat, t, t_prev, noise, x0_before=None, t_before=None):
@@ -146,7 +139,6 @@ class Autoguidance:
     """Sample with autoguidance: a weak `guide` model (the run's EMA weights early in training), the
     scale w > 1, and optionally an interval (t_low, t_high) of timesteps outside which it is not run.
     A sampler gets one of these or None (no autoguidance): the choice is made once, by the caller."""
-
     guide: nnx.Module
     scale: float
     interval: tuple[int, int] | None = None

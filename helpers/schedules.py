@@ -19,15 +19,13 @@ SCHEDULES = ("linear", "cosine")
 @struct.dataclass
 class NoiseSchedule:
     """betas, alphas = 1 - betas, alpha_bars = cumprod(alphas), all float32 of shape (T,). A pytree."""
-
     betas: jax.Array
     alphas: jax.Array
     alpha_bars: jax.Array
     kind: str = struct.field(pytree_node=False, default="linear")
 
     @property
-    def num_timesteps(self) -> int:
-        """T, the number of diffusion steps."""
+    def num_timesteps(self) -> int:  # T, the number of diffusion steps
         return int(self.betas.shape[0])
 
     @classmethod
@@ -36,8 +34,7 @@ class NoiseSchedule:
         betas = np.asarray(betas, dtype=np.float64)
         if len(betas) < 2:
             raise ValueError(f"num_timesteps must be at least 2, got {len(betas)}.")
-        as32 = lambda a: jnp.asarray(a, dtype=jnp.float32)  # noqa: E731
-        return cls(as32(betas), as32(1.0 - betas), as32(np.cumprod(1.0 - betas)), kind=kind)
+        return cls(*(jnp.asarray(a, jnp.float32) for a in (betas, 1.0 - betas, np.cumprod(1.0 - betas))), kind=kind)
 
     # Linear betas (Ho et al. 2020, sec. 4).
     @classmethod
@@ -52,8 +49,7 @@ class NoiseSchedule:
     def cosine(cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
         """alpha_bar(t) = f(t) / f(0) with f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2); betas are
         clipped at `max_beta` so that alpha_bar never reaches 0 at t = T - 1."""
-        steps = np.linspace(0.0, 1.0, num_timesteps + 1)  # t / T
-        f = np.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        f = np.cos((np.linspace(0.0, 1.0, num_timesteps + 1) + s) / (1 + s) * math.pi / 2) ** 2  # at t / T
         alpha_bar = f / f[0]
         return cls.from_betas(np.clip(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.0, max_beta), "cosine")
 

@@ -1,11 +1,6 @@
-"""Training: a state, a plan, a step and a loop.
-
-`TrainState` is everything a run changes (and so what a checkpoint holds); `Plan` is what the run
-does, fixed from the config before its first step; `train_step` is DDPM training (Ho et al. 2020,
-algorithm 1), compiled once over the state's donated arrays by `compiled_train_step` (`nnx.jit`
-would walk the module graph in Python every call); `train` dispatches chunks of steps, reads each
-once and calls small hooks. Step s's batch and noise depend only on (seed, s): a resumed run
-continues exactly."""
+"""Training: a state (`TrainState`, what a checkpoint holds), a plan (`Plan`, fixed before the first
+step), a step (DDPM training, Ho et al. 2020, algorithm 1) and a loop (`train`, which calls small hooks
+after each chunk of steps). Step s's batch and noise depend only on (seed, s): a resume continues exactly."""
 
 from __future__ import annotations
 
@@ -47,14 +42,12 @@ def scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
     """updates -> -learning_rate * updates, the rate given to each `update(..., learning_rate=lr)`."""
     def update(updates, state, params=None, *, learning_rate, **extra_args):
         return jax.tree.map(lambda u: -learning_rate * u, updates), state
-
     return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 # AdamW (Loshchilov & Hutter 2019; optax.adamw's own chain) after global-norm clipping (Pascanu et al. 2013).
 def make_optimizer(model: nnx.Module, weight_decay: float, grad_clip: float) -> nnx.Optimizer:
-    """An `nnx.Optimizer` over the model's `nnx.Param` leaves. The learning rate is an argument of each
-    step, so one compiled step serves every plan (a time budget times the step the run then uses)."""
+    """An `nnx.Optimizer` over the `nnx.Param` leaves; the learning rate is an argument of each step."""
     clip = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     adamw = [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay), scale_by_learning_rate_argument()]
     return nnx.Optimizer(model, optax.chain(*clip, *adamw), wrt=nnx.Param)
@@ -76,7 +69,6 @@ def own_copy(model: nnx.Module) -> nnx.Module:
 
 class EMA(nnx.Module):
     """Exponential moving average of a model's parameters; `ema.model` is a full model to sample from."""
-
     def __init__(self, model: nnx.Module, decay: float = 0.9999, every: int = 1, warmup: bool = True):
         self.model = own_copy(model)
         self.decay, self.every, self.warmup = float(decay), int(every), bool(warmup)
@@ -92,21 +84,17 @@ class EMA(nnx.Module):
 
 
 class Guide(nnx.Module):
-    """The weak model of autoguidance (Karras et al. 2024): a frozen copy of the EMA weights taken
-    once, early in the run (`Config.guide_fraction`), and checkpointed with the rest."""
-
+    """The weak model of autoguidance (Karras et al. 2024): a copy of the EMA weights taken once, early."""
     def __init__(self, model: nnx.Module):
         self.model = own_copy(model)
         self.taken_at = nnx.Variable(jnp.array(-1, jnp.int32))  # -1: not taken yet
 
     def take(self, model: nnx.Module, step: int) -> None:
-        """Copy `model`'s weights (the EMA model) into the guide, recording the step."""
         nnx.update(self.model, jax.tree.map(jnp.copy, nnx.state(model)))  # its own arrays: the EMA's are donated
         self.taken_at[...] = jax.device_put(np.int32(step), self.taken_at[...].sharding)
 
     @property
-    def step(self) -> int:
-        """The training step whose EMA weights the guide holds (-1: not taken yet)."""
+    def step(self) -> int:  # the training step whose EMA weights the guide holds (-1: not taken yet)
         return int(self.taken_at[...])
 
 
@@ -116,15 +104,13 @@ def guide_step(fraction: float, total_steps: int, chunk: int) -> int:
 
 
 class TrainState(nnx.Module):
-    """Everything a run changes as it trains, and so what its checkpoint holds: model, optimiser, EMA,
-    autoguidance guide (or None) and PRNG keys. The step is the optimiser's count of updates."""
-
+    """What a run changes, and its checkpoint holds: model, optimiser (whose count is the step), EMA,
+    autoguidance guide (or None) and the data-order and noise keys as raw uint32 key data."""
     def __init__(self, cfg: Config):
         self.model = create_unet(cfg.model, seed=cfg.seed)
         self.optimizer = make_optimizer(self.model, cfg.weight_decay, cfg.grad_clip)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
         self.guide = Guide(self.ema.model) if cfg.guide_fraction else None
-        # the data-order and per-step noise keys, as raw uint32 key data
         self.keys = nnx.Variable(jax.random.key_data(jax.random.split(jax.random.key(cfg.seed))))
 
     @property
@@ -139,8 +125,7 @@ def noise_schedule(cfg: Config) -> NoiseSchedule:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What a run does, fixed before its first step; made by `make_plan`, never changed while it trains."""
-
+    """What a run does, fixed by `make_plan` before its first step."""
     total_steps: int
     steps_per_epoch: int
     learning_rate: Callable  # step -> the warmup + cosine learning rate over total_steps
@@ -153,14 +138,13 @@ class Plan:
         ends = [e for e in self.chunk_ends if e > start]
         return zip([start] + ends[:-1], ends)
 
-    def describe(self) -> dict:
-        """The plan as plain values (what plan.json holds)."""
+    def describe(self) -> dict:  # what plan.json holds
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("learning_rate", "chunk_ends")}
 
 
 def make_plan(cfg: Config, num_examples: int, total_steps: int | None = None) -> Plan:
-    """The plan of `cfg` on `num_examples` images over `total_steps` (a time budget's), else max_steps,
-    else the epochs. Chunks end every log_every steps and at each checkpoint and the guide's step."""
+    """`cfg`'s plan over `total_steps` (a time budget's), else max_steps, else the epochs. Chunks end
+    every log_every steps, at each checkpoint and at the guide's step."""
     spe = steps_per_epoch(num_examples, cfg.batch_size)
     total = int(total_steps or cfg.max_steps or cfg.epochs * spe)
     guide = guide_step(cfg.guide_fraction, total, cfg.log_every) if cfg.guide_fraction else None
@@ -203,8 +187,8 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("state",))
 def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, cfg: Config):
-    """`train_step` on a `TrainState`'s donated arrays with key fold_in(noise key, step); returns
-    (new state, metrics)."""
+    """`train_step` on a `TrainState`'s donated arrays (`nnx.jit` would walk the module graph in Python
+    at every call), with key fold_in(noise key, step); returns (new state, metrics)."""
     ts = nnx.merge(graphdef, state)
     key = jax.random.fold_in(jax.random.wrap_key_data(ts.keys[...][1]), step)
     metrics = train_step(ts.model, ts.optimizer, ts.ema, noise_schedule(cfg), x0, labels, mask, key,
@@ -213,9 +197,8 @@ def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, 
 
 
 class BatchFeed:
-    """The training images on this process's devices and, for each step, the global batch: an on-device
-    permutation per epoch (the state's data key), of which this process gathers only its own rows."""
-
+    """The training images on this process's devices and each step's global batch: an on-device
+    permutation per epoch (the state's data key), of which this process gathers its own rows."""
     def __init__(self, cfg: Config, state: TrainState, images: np.ndarray, labels: np.ndarray | None, mesh):
         self.mesh, self.batch_size, self.num_examples = mesh, cfg.batch_size, len(images)
         self.steps_per_epoch = steps_per_epoch(len(images), cfg.batch_size)
@@ -257,8 +240,7 @@ def run_chunk(state: TrainState, feed: BatchFeed, plan: Plan, cfg: Config, start
 
 
 class Chunk(NamedTuple):
-    """What the loop hands each hook after a chunk: steps [start, stop), their losses (read), the wall time."""
-
+    """What each hook gets after a chunk: steps [start, stop), their losses (read), the wall time."""
     start: int
     stop: int
     losses: np.ndarray
@@ -266,8 +248,7 @@ class Chunk(NamedTuple):
 
 
 def train(state: TrainState, feed: BatchFeed, plan: Plan, cfg: Config, hooks=()) -> None:
-    """Train from `state.step` to `plan.total_steps`. After each chunk, every hook is called in turn
-    with (state, chunk): the periodic actions are hooks, the loop is only this."""
+    """Train from `state.step` to `plan.total_steps`, calling each hook with (state, chunk) after each chunk."""
     for start, stop in plan.chunks(state.step):
         t0 = time.perf_counter()
         losses = np.asarray(run_chunk(state, feed, plan, cfg, start, stop)["loss"])  # the one host read per chunk
@@ -295,9 +276,7 @@ def take_guide_at(step: int | None):
 
 
 class History:
-    """Hook: the loss, learning rate and images/s of every step (a run's history.json), and the mean
-    loss of each epoch as it ends."""
-
+    """Hook: each step's loss, learning rate and images/s (history.json); logs each epoch's mean loss."""
     def __init__(self, plan: Plan, batch_size: int, record: dict | None = None, log=tqdm.write):
         self.plan, self.batch_size, self.log = plan, batch_size, log
         self.record = record or {"step": [], "epoch": [], "loss": [], "lr": [], "images_per_s": []}

@@ -2,9 +2,7 @@
 
     x (B,32,32,1) -conv-> 32x32 -[ResBlock x n (+Attn)]-> down -> 16x16 -[...]-> down -> 8x8 -[...]
         -> middle: ResBlock (+Attn) ResBlock at the lowest resolution
-        -> up path: ResBlock x (n+1) on [h, skip] (+Attn), upsample, ... -> GroupNorm, act, conv -> (B,32,32,1)
-
-A network with L levels downsamples L - 1 times, so three levels reach 8 x 8 (32 -> 16 -> 8)."""
+        -> up path: ResBlock x (n+1) on [h, skip] (+Attn), upsample, ... -> GroupNorm, act, conv -> (B,32,32,1)"""
 
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ ACTIVATIONS = {"gelu": jax.nn.gelu, "silu": jax.nn.silu, "relu": jax.nn.relu}
 @dataclass(frozen=True)
 class UNetConfig:
     """The reference tutorial's `UNetBackboneConfig` fields, each of which really shapes the model."""
-
     hidden_dims: tuple[int, ...] = (64, 128, 256)  # channels per resolution level
     channel_mult: tuple[int, ...] | None = None  # if set: channels = hidden_dims[0] * channel_mult
     num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
@@ -40,15 +37,12 @@ class UNetConfig:
     dtype: str = "float32"  # "bfloat16": mixed precision (parameters, GroupNorm and the loss stay float32)
 
     @property
-    def channels(self) -> tuple[int, ...]:
-        """Channels per level: `hidden_dims`, or `hidden_dims[0] * channel_mult`."""
-        if self.channel_mult is None:
-            return tuple(self.hidden_dims)
-        return tuple(self.hidden_dims[0] * m for m in self.channel_mult)
+    def channels(self) -> tuple[int, ...]:  # per level: hidden_dims, or hidden_dims[0] * channel_mult
+        mult = self.channel_mult
+        return tuple(self.hidden_dims) if mult is None else tuple(self.hidden_dims[0] * m for m in mult)
 
     @property
-    def resolutions(self) -> tuple[int, ...]:
-        """Feature-map size at each level: 32, 16, 8 for three levels (16, 8, 4 with patch_size 2)."""
+    def resolutions(self) -> tuple[int, ...]:  # feature-map sizes: 32, 16, 8 (16, 8, 4 on 2x2 patches)
         return tuple(self.image_size // self.patch_size // 2**i for i in range(len(self.channels)))
 
     def validate(self) -> "UNetConfig":
@@ -78,7 +72,6 @@ class UNetConfig:
         return self
 
     def replace(self, **changes) -> "UNetConfig":
-        """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
 
@@ -99,7 +92,6 @@ def group_norm(channels: int, cfg: UNetConfig, rngs: nnx.Rngs) -> nnx.GroupNorm:
 
 class ResBlock(nnx.Module):
     """GroupNorm -> act -> conv, + time embedding, GroupNorm -> act -> dropout -> conv, + skip."""
-
     def __init__(self, c_in: int, c_out: int, emb_dim: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
         self.act = ACTIVATIONS[cfg.activation]
@@ -120,7 +112,6 @@ class ResBlock(nnx.Module):
 
 class SelfAttention(nnx.Module):
     """Multi-head self-attention over the H*W positions of a feature map, with a residual."""
-
     def __init__(self, channels: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
         heads = cfg.num_heads if channels % cfg.num_heads == 0 else 1
         self.norm = group_norm(channels, cfg, rngs)
@@ -134,7 +125,6 @@ class SelfAttention(nnx.Module):
 
 class Upsample(nnx.Module):
     """Nearest-neighbour x2 then a 3x3 convolution: H x W -> 2H x 2W."""
-
     def __init__(self, channels: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
         self.conv = nnx.Conv(channels, channels, (3, 3), padding="SAME", dtype=jnp.dtype(cfg.dtype), rngs=rngs)
 
@@ -144,7 +134,6 @@ class Upsample(nnx.Module):
 
 class UNet(nnx.Module):
     """Denoising UNet: `model(x_t, t)` or, when conditional, `model(x_t, t, labels)`."""
-
     def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg.validate()
         chans, res, emb = cfg.channels, cfg.resolutions, cfg.time_embedding_dim
@@ -217,20 +206,14 @@ class UNet(nnx.Module):
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
     """(B, H, W, C) -> (B, H/p, W/p, C p^2): each p x p patch becomes one position with p^2 channels."""
-    if p == 1:
-        return x
     b, h, w, c = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // p, w // p, p * p * c)
+    return x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // p, w // p, p * p * c)
 
 
 def depth_to_space(x: jax.Array, p: int) -> jax.Array:
     """The inverse of `space_to_depth`."""
-    if p == 1:
-        return x
-    b, h, w, cp = x.shape
-    x = x.reshape(b, h, w, p, p, cp // (p * p)).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * p, w * p, cp // (p * p))
+    b, h, w, c = x.shape
+    return x.reshape(b, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, c // (p * p))
 
 
 def count_params(model: nnx.Module) -> int:
