@@ -56,7 +56,10 @@ def huge_pages_environment(environ: dict[str, str], libc: tuple[str, str], thp_m
 
 def transparent_huge_pages_mode(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
     """The kernel's transparent-huge-page mode ("always", "madvise" or "never"); None if unknown."""
-    text = Path(path).read_text() if Path(path).is_file() else ""
+    try:
+        text = Path(path).read_text()
+    except OSError:  # absent or unreadable: unknown
+        return None
     return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
 
 
