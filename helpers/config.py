@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 import jax
 
 from helpers.data import DATASETS
-from helpers.losses import LOSSES, PREDICTIONS, WEIGHTINGS
+from helpers.losses import FLOW_TIMES, LOSSES, PREDICTIONS, WEIGHTINGS
 from helpers.schedules import SCHEDULES
 from helpers.unet import UNetConfig
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
+OBJECTIVES = ("ddpm", "flow")
+DDPM_SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
+FLOW_SAMPLERS = ("euler", "heun")  # ODE solvers for a flow-matching run
+SAMPLERS = DDPM_SAMPLERS + FLOW_SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Config:
     num_timesteps: int = 1000
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02  # linear schedule only
+    objective: str = "ddpm"  # or "flow": flow matching, the network predicts the velocity eps - x0
+    flow_times: str = "logit_normal"  # flow only: how t in [0, 1] is drawn in training
     prediction: str = "epsilon"
     loss: str = "huber"
     huber_delta: float = 1.0
@@ -60,6 +65,7 @@ class Config:
     guide_fraction: float | None = None
     autoguidance_scale: float = 1.0
     # Guide only at timesteps t_low <= t <= t_high (Kynkaanniemi et al. 2024); elsewhere one network call.
+    # (A flow-matching run's timestep is 1000 t, the time its network sees.)
     autoguidance_interval: tuple[int, int] | None = None
     seed: int = 42
     log_every: int = 25  # steps per chunk: the host reads the losses once per chunk
@@ -77,7 +83,7 @@ class Config:
     def validate(self, num_train_examples: int | None = None) -> "Config":
         """Raise ValueError with what to change for any value that cannot work; returns the config."""
         choices = {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES, "loss_weighting": WEIGHTINGS,
-                   "schedule": SCHEDULES, "sampler": SAMPLERS}
+                   "schedule": SCHEDULES, "sampler": SAMPLERS, "objective": OBJECTIVES, "flow_times": FLOW_TIMES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}.")
@@ -96,6 +102,7 @@ class Config:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
         _check_schedule_and_sampler(self)
+        check_objective(self.objective, self.sampler, self.prediction, self.loss_weighting)
         _check_guide(self)
         self.model.validate()
         if num_train_examples is not None and self.batch_size > num_train_examples:
@@ -129,6 +136,18 @@ def _check_schedule_and_sampler(cfg: Config) -> None:
     if cfg.sampler != "ddpm" and not 1 <= cfg.sample_steps <= cfg.num_timesteps:
         raise ValueError(f"sample steps must be in 1..{cfg.num_timesteps} (the schedule's timesteps), "
                          f"got {cfg.sample_steps}.")
+
+
+def check_objective(objective: str, sampler: str, prediction: str = "v", weighting: str = "uniform") -> None:
+    """A flow-matching run predicts the velocity ("v"), weights every t alike and samples with an ODE
+    solver; a DDPM run samples with the DDPM samplers."""
+    if objective == "ddpm" and sampler in FLOW_SAMPLERS:
+        raise ValueError(f"Sampler {sampler!r} is for flow-matching runs: choose one of {', '.join(DDPM_SAMPLERS)}.")
+    fixes = [f for f, wrong in (("--prediction v", prediction != "v"), ("--loss-weighting uniform", weighting != "uniform"),
+                                ("--sampler euler (or heun)", sampler not in FLOW_SAMPLERS)) if wrong]
+    if objective == "flow" and fixes:
+        raise ValueError(f"A flow-matching run predicts the velocity eps - x0, weights every t alike and samples "
+                         f"with an ODE solver: add {', '.join(fixes)}.")
 
 
 def _check_guide(cfg: Config) -> None:

@@ -4,7 +4,12 @@ With x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (ab = alpha_bar_t), the network predic
   epsilon: eps                                  (Ho et al. 2020)
   v:       v = sqrt(ab) eps - sqrt(1 - ab) x0   (Salimans & Ho 2022, sec. 4)
   x0:      x0
-and `to_x0_and_eps` inverts each one, so every sampler works with every target."""
+and `to_x0_and_eps` inverts each one, so every sampler works with every target.
+
+Flow matching (Lipman et al. 2023; rectified flow, Liu et al. 2023) takes the straight path
+x_t = (1 - t) x0 + t eps with t in [0, 1] (t = 0: data, t = 1: noise) and the network predicts its velocity
+dx_t/dt = eps - x0. It is DDPM's x_t with alpha = 1 - t and sigma = t, up to the scale sqrt(alpha^2 + sigma^2):
+the same SNR = ((1 - t) / t)^2 is DDPM's alpha_bar / (1 - alpha_bar)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ import optax
 from helpers.schedules import NoiseSchedule, per_image
 
 PREDICTIONS = ("epsilon", "v", "x0")
+FLOW_TIMES = ("uniform", "logit_normal")
+#: The network sees flow time t in [0, 1] as 1000 t: the range of DDPM's timesteps, for the same embedding.
+FLOW_TIME_SCALE = 1000.0
 LOSSES = ("mse", "huber")
 WEIGHTINGS = ("uniform", "min_snr")
 
@@ -23,6 +31,21 @@ WEIGHTINGS = ("uniform", "min_snr")
 def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
     """t ~ U{0, ..., T-1}, shape (B,)."""
     return jax.random.randint(key, (batch_size,), 0, num_timesteps)
+
+
+# Flow-matching times: uniform, or logit-normal (Esser et al. 2024, sec. 3.1: more weight mid-path).
+def flow_times(key: jax.Array, batch_size: int, kind: str = "logit_normal") -> jax.Array:
+    """t ~ U(0, 1), or t = sigmoid(n) with n ~ N(0, 1); shape (B,)."""
+    if kind == "uniform":
+        return jax.random.uniform(key, (batch_size,))
+    return jax.nn.sigmoid(jax.random.normal(key, (batch_size,)))
+
+
+# The straight conditional path (Lipman et al. 2023, sec. 4.1, sigma_min = 0; their t runs the other way).
+def flow_matching_pair(x0, noise, t):
+    """(x_t, velocity): x_t = (1 - t) x0 + t eps on the straight path, and its velocity eps - x0."""
+    s = per_image(t, x0)
+    return (1.0 - s) * x0 + s * noise, noise - x0
 
 
 def prediction_target(prediction: str, x0, noise, schedule: NoiseSchedule, t) -> jax.Array:

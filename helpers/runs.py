@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from helpers.checkpoints import CheckpointError, CheckpointManager, read_config
-from helpers.config import Config
+from helpers.config import Config, check_objective
 from helpers.data import load_split
 from helpers.distributed import data_mesh, is_main_process, local_copy
 from helpers.environment import cpu_times, machine_description, steal_share
@@ -167,6 +167,7 @@ def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autog
     """`helpers.sampling.sample` from the run's EMA (or raw) weights with its sampler settings, unless
     `options` override them; a class-conditional model draws the labels 0-9 in turn."""
     opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
+    check_objective(cfg.objective, options.get("sampler", cfg.sampler))
     if cfg.model.num_classes:
         opts.update(labels=np.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
     model = state.ema.model if use_ema else state.model

@@ -1,5 +1,6 @@
 """Samplers over explicit (t, t_prev) pairs of the one `NoiseSchedule`, each one `lax.scan` under `jit`:
-DDIM and, as its eta = 1 case over every step, DDPM; DPM-Solver++(2M) and its SDE form.
+DDIM and, as its eta = 1 case over every step, DDPM; DPM-Solver++(2M) and its SDE form. For flow-matching
+runs, Euler and Heun on the ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data).
 
 t_prev = -1 is the clean image (alpha_bar = 1).
 
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from helpers.config import SAMPLERS
-from helpers.losses import to_x0_and_eps
+from helpers.config import FLOW_SAMPLERS, SAMPLERS
+from helpers.losses import FLOW_TIME_SCALE, to_x0_and_eps
 from helpers.schedules import NoiseSchedule, per_image
 
 
@@ -107,9 +108,37 @@ class DPMSolverPP:
                 + sigma_prev * jnp.sqrt(1.0 - decay**2) * noise)
 
 
+@struct.dataclass
+class FlowSampler:
+    """Euler, or Heun's second-order method, from t = 1 to 0 over `steps` equal steps in t."""
+    steps: int = struct.field(pytree_node=False, default=50)
+    heun: bool = struct.field(pytree_node=False, default=False)
+
+    def pairs(self) -> np.ndarray:  # (t, t_next) per step, float32
+        t = np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
+        return np.stack([t[:-1], t[1:]], axis=1)
+
+
+# Euler, or Heun (Karras et al. 2022, algorithm 1: Euler on the last step), on the flow ODE dx/dt = v(x, t).
+def flow_step(velocity, x, t, t_next, heun: bool):
+    """x_next = x + h d with h = t_next - t and d = v(x, t); Heun averages d with the slope at the Euler
+    point, d' = v(x + h d, t_next): x_next = x + h (d + d') / 2. Returns (x_next, x0_hat = x - t d)."""
+    d = velocity(x, t)
+    x_next = x + (t_next - t) * d
+    if heun:
+        x_next = jax.lax.cond(t_next > 0, lambda: x + (t_next - t) * 0.5 * (d + velocity(x_next, t_next)),
+                              lambda: x_next)
+    return x_next, x - t * d
+
+
 def make_sampler(schedule: NoiseSchedule, sampler: str = "ddim", steps: int = 100, eta: float = 0.0):
     """`ddim` (1..T steps, eta in [0, 1]), `ddpm` (eta = 1 over all T steps), `dpmpp_2m` or
-    `dpmpp_2m_sde` (1..T steps; eta does not apply); the one place they are checked."""
+    `dpmpp_2m_sde` (1..T steps; eta does not apply), `euler` or `heun` (flow matching, any steps >= 1);
+    the one place they are checked."""
+    if sampler in FLOW_SAMPLERS:
+        if steps < 1:
+            raise ValueError(f"sample steps must be at least 1, got {steps}.")
+        return FlowSampler(int(steps), heun=sampler == "heun")
     if sampler == "ddpm":
         return DDIMSampler(schedule, schedule.num_timesteps, 1.0)
     if sampler not in SAMPLERS:
@@ -166,14 +195,23 @@ def autoguided_output(model, guide, x, t, labels=None, guidance_scale=None, scal
 def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale, scale, interval, prediction,
                  clip_x0, trajectory):
     """Run `sampler` over `pairs` from x_T; returns x_0 and, with `trajectory`, every (x_prev, x0_hat)."""
+    def output(x, t):
+        return autoguided_output(model, guide, x, t, labels, guidance_scale, scale, interval)
+
+    if isinstance(sampler, FlowSampler):  # the network sees FLOW_TIME_SCALE t (helpers.losses)
+        def flow_body(x, t_pair):
+            x_next, x0_hat = flow_step(lambda x, t: output(x, FLOW_TIME_SCALE * t), x, t_pair[0], t_pair[1],
+                                       sampler.heun)
+            return x_next, ((x_next, x0_hat) if trajectory else None)
+
+        return jax.lax.scan(flow_body, x_T, pairs)
     schedule = sampler.schedule
 
     def body(carry, inputs):
         x, x0_before, t_before = carry  # the previous step's estimate, for multistep samplers
         (t, t_prev), k = inputs
-        out = autoguided_output(model, guide, x, t, labels, guidance_scale, scale, interval)
         tb = jnp.full((x.shape[0],), t)
-        x0_hat, eps_hat = to_x0_and_eps(prediction, out, x, schedule, tb)
+        x0_hat, eps_hat = to_x0_and_eps(prediction, output(x, t), x, schedule, tb)
         if clip_x0:  # keep x0_hat in the data range, then make eps_hat consistent with it
             x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
             ab = per_image(schedule.alpha_bar_at(tb), x)
@@ -188,14 +226,18 @@ def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale,
 
 
 def network_evaluations(sampler, interval=None, guided: bool = False) -> int:
-    """How many times a sample runs the network: once per step, twice where autoguidance is on."""
-    t = sampler.pairs()[:, 0]
+    """How many times a sample runs the network: once per step (twice for Heun's, except on its last),
+    twice as often where autoguidance is on."""
+    pairs = sampler.pairs()
+    heun = isinstance(sampler, FlowSampler) and sampler.heun
+    t = np.concatenate([pairs[:, 0], pairs[pairs[:, 1] > 0, 1] if heun else []])
+    t = t * FLOW_TIME_SCALE if isinstance(sampler, FlowSampler) else t
     if not guided:
         return len(t)
     return len(t) + int(np.sum((interval[0] <= t) & (t <= interval[1])) if interval is not None else len(t))
 
 
-def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_samples: int, *,
+def sample(model: nnx.Module, schedule: NoiseSchedule | None, key: jax.Array, num_samples: int, *,
            sampler: str = "ddim", steps: int = 100, eta: float = 0.0, prediction: str = "epsilon",
            clip_x0: bool = True, labels=None, guidance_scale: float | None = None,
            autoguidance: Autoguidance | None = None, return_trajectory: bool = False, batch_size: int = 500,
@@ -205,7 +247,8 @@ def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_sampl
     With `autoguidance`, steps also run its guide (two network evaluations), every step or those in its
     interval. `x_T` gives the starting noise (e.g. `slerp` between two seeds); by default it is drawn
     from `key`. `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each
-    (steps, N, H, W, C), and the (t, t_prev) pairs."""
+    (steps, N, H, W, C), and the (t, t_prev) pairs. Flow-matching samplers (`euler`, `heun`) need no
+    schedule and ignore `prediction`, `eta` and `clip_x0`."""
     smp = make_sampler(schedule, sampler, steps, eta)
     pairs = jnp.asarray(smp.pairs())
     cfg = model.cfg

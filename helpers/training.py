@@ -21,7 +21,8 @@ from tqdm import tqdm  # the text bar: a terminal, Jupyter and the rendered note
 from helpers.config import Config
 from helpers.data import epoch_order, get_batch, steps_per_epoch
 from helpers.distributed import local_sharding, process_rows, replicate, to_global
-from helpers.losses import loss_weights, masked_mean, per_example_loss, prediction_target, sample_timesteps
+from helpers.losses import (FLOW_TIME_SCALE, flow_matching_pair, flow_times, loss_weights, masked_mean,
+                            per_example_loss, prediction_target, sample_timesteps)
 from helpers.schedules import NoiseSchedule
 from helpers.unet import create_unet
 
@@ -163,14 +164,19 @@ def steps_for_minutes(seconds_per_step: float, minutes: float, chunk: int = 1) -
 
 def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
                learning_rate, cfg: Config):
-    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it, one AdamW step at `learning_rate`, EMA
-    update. Returns {"loss", "grad_norm"}; `mask` is 0 for the padding of an epoch's short last batch."""
+    """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it (DDPM, or flow matching's straight path),
+    one AdamW step at `learning_rate`, EMA update. Returns {"loss", "grad_norm"}; `mask` is 0 for the
+    padding of an epoch's short last batch."""
     t_key, noise_key, label_key = jax.random.split(key, 3)
-    t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)  # t ~ U{0, ..., T-1}
     noise = jax.random.normal(noise_key, x0.shape)  # eps ~ N(0, I)
-    x_t = schedule.q_sample(x0, t, noise)  # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
-    target = prediction_target(cfg.prediction, x0, noise, schedule, t)  # eps, v or x0
-    weights = loss_weights(cfg.loss_weighting, cfg.prediction, schedule, t, cfg.min_snr_gamma)
+    if cfg.objective == "flow":  # t ~ U(0, 1) or logit-normal; x_t on the straight path, target eps - x0
+        t = flow_times(t_key, x0.shape[0], cfg.flow_times)
+        (x_t, target), t, weights = flow_matching_pair(x0, noise, t), FLOW_TIME_SCALE * t, 1.0
+    else:
+        t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)  # t ~ U{0, ..., T-1}
+        x_t = schedule.q_sample(x0, t, noise)  # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
+        target = prediction_target(cfg.prediction, x0, noise, schedule, t)  # eps, v or x0
+        weights = loss_weights(cfg.loss_weighting, cfg.prediction, schedule, t, cfg.min_snr_gamma)
     if labels is not None:  # classifier-free guidance (Ho & Salimans 2022): sometimes "no label"
         dropped = jax.random.uniform(label_key, labels.shape) < cfg.label_dropout
         labels = jnp.where(dropped, cfg.model.num_classes, labels)
