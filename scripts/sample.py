@@ -2,6 +2,7 @@
 
     python scripts/sample.py runs/cpu --n 64 --sampler ddim --steps 50
     python scripts/sample.py runs/cpu --sampler ddpm --trajectory     # + a strip and an animated GIF
+    python scripts/sample.py runs/flow --sampler heun --steps 10      # a flow-matching run: euler or heun
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
     written = [f"{prefix}.png", f"{prefix}.npy"]
     if trajectory is not None:
         xs, _, pairs = trajectory
-        plt.close(plot_trajectory(np.asarray(xs)[:, :8], pairs, path=f"{prefix}-trajectory.png"))
+        title = "Reverse process"
+        if np.asarray(pairs).dtype.kind == "f":  # a flow-matching run: label with the time its network sees
+            pairs, title = np.asarray(pairs) * 1000, "Flow ODE (t = 1000 x flow time)"
+        plt.close(plot_trajectory(np.asarray(xs)[:, :8], pairs, title=title, path=f"{prefix}-trajectory.png"))
         save_trajectory_gif(np.asarray(xs)[:, :16], f"{prefix}-trajectory.gif")
         written += [f"{prefix}-trajectory.png", f"{prefix}-trajectory.gif"]
     return written

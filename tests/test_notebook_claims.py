@@ -163,3 +163,36 @@ def test_09_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
     sample_grey, data_grey = numbers(r"share of mid-grey pixels \(50-200\): samples ([\d.]+)%, training images ([\d.]+)%",
                                      printed("09_fashion_mnist", "# Solution 2:"))[0]
     assert sample_grey < data_grey, "exercise 2: fewer mid-grey pixels in the samples than in the data"
+
+
+def _flow_sweep() -> dict[tuple[str, int], float]:
+    """Notebook 10's equal-compute table: {(sampler, NFE): mean FD}."""
+    text = printed("10_flow_matching", "summary_table = summarise(results)")
+    return {(name, int(nfe)): float(fd) for name, nfe, fd in
+            re.findall(r"^(\w+)\s+\d+\s+(\d+)\s+([\d.]+) \(", text, re.M)}
+
+
+def test_10_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
+    fd = _flow_sweep()
+    assert fd[("euler", 4)] < fd[("ddim", 4)] / 3, "sections 4-5: with two steps flow draws digits, DDIM blurs"
+    assert fd[("heun", 10)] < fd[("dpmpp_2m_sde", 10)] / 3 and fd[("heun", 18)] < fd[("dpmpp_2m_sde", 20)] / 3
+    at10 = [fd[("heun", 10)], fd[("euler", 10)], fd[("ddim", 10)]]
+    assert max(at10) / min(at10) < 1.1, "section 5: at 10 evaluations Heun, Euler and DDIM are level"
+    assert fd[("dpmpp_2m_sde", 100)] == min(fd.values()), "section 5: at 100, DPM-Solver++(2M) SDE is the best"
+    assert fd[("heun", 18)] < fd[("euler", 20)] and abs(fd[("heun", 18)] / fd[("euler", 50)] - 1) < 0.15, \
+        "5 Heun steps score about what 25 Euler steps do"
+    budgets = numbers(r"at most\s+(\d+) evaluations: flow\s+([\d.]+) .*?DDPM\s+([\d.]+) .*?= ([\d.]+)",
+                      printed("10_flow_matching", "def best("))
+    ratio = {int(b): r for b, _, _, r in budgets}
+    assert 0.9 < ratio[10] < 1.1 and ratio[20] > 1.05 and ratio[100] < 0.95, "the summary's leads"
+
+
+def test_10_flow_trajectories_are_straighter_and_autoguidance_helps():
+    (flow,), (ddpm,) = numbers(r"straightness ([\d.]+)", printed("10_flow_matching", "def straightness("))
+    assert flow > ddpm, "section 4: the flow model's trajectories are straighter"
+    (with_fd, with_conf), (without_fd, without_conf) = numbers(r"FD ([\d.]+), confident ([\d.]+)%",
+                                                                printed("10_flow_matching", "# Solution 3:"))
+    assert without_fd > 3 * with_fd and without_conf < with_conf, "exercise 3"
+    (u_mid, u_low), (ln_mid, ln_low) = numbers(r"([\d.]+)% in \[0.4, 0.6\], ([\d.]+)% below",
+                                               printed("10_flow_matching", "# Solution 1:"))
+    assert ln_mid > u_mid and ln_low < u_low, "exercise 1"

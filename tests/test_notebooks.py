@@ -19,10 +19,11 @@ from needs import free_port
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
 EXPECTED = ["01_data_pipeline", "02_forward_process_and_schedules", "03_unet", "04_train_ddpm", "05_sampling",
-            "06_experiments", "07_conditional_generation", "08_evaluating_samples", "09_fashion_mnist"]
+            "06_experiments", "07_conditional_generation", "08_evaluating_samples", "09_fashion_mnist",
+            "10_flow_matching"]
 
 
-def test_the_nine_pairs_exist():
+def test_the_ten_pairs_exist():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
     for py in NOTEBOOKS:
         assert py.with_suffix(".ipynb").is_file(), f"{py.name} has no .ipynb twin"
@@ -99,7 +100,7 @@ def test_committed_outputs_show_each_progress_bar_once():
 # plans): listed here, and only here, until the tutorials' next edition re-executes them on the final
 # code and empties this set. A listed notebook whose record is valid again fails (strict), so the set
 # cannot outlive its reason.
-AWAITING_REEXECUTION = set(EXPECTED)
+AWAITING_REEXECUTION = set(EXPECTED) - {"10_flow_matching"}  # executed on the current code
 
 
 @pytest.mark.parametrize("notebook", [

@@ -86,6 +86,23 @@ def test_sample_script_reads_the_run(tiny_run, tmp_path):
     assert off.returncode == 2 and "1 turns autoguidance off" in off.stderr, off.stderr[-2000:]
 
 
+def test_a_flow_matching_run_trains_and_samples_with_euler_and_heun(tmp_path, tfds_dir, mnist_archives):
+    out = tmp_path / "flow"
+    r = _train(["--preset", "tiny", "--objective", "flow", "--prediction", "v", "--sampler", "heun", "--out",
+                str(out), "--no-evaluate"], tfds_dir, mnist_archives)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["objective"] == "flow"
+    assert np.isfinite(json.loads((out / "history.json").read_text())["loss"]).all()
+    sample = [sys.executable, str(REPO / "scripts" / "sample.py"), str(out), "--n", "4"]
+    r = subprocess.run(sample + ["--sampler", "euler", "--steps", "3", "--trajectory", "--out", str(tmp_path / "e")],
+                       capture_output=True, text=True, timeout=300, env=_env(tfds_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    x = np.load(tmp_path / "e.npy")
+    assert x.shape == (4, 32, 32, 1) and np.abs(x).max() <= 1 and (tmp_path / "e-trajectory.gif").is_file()
+    r = subprocess.run(sample + ["--sampler", "ddim"], capture_output=True, text=True, timeout=300, env=_env(tfds_dir))
+    assert r.returncode == 2 and "--sampler euler (or heun)" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "sample steps must be in 1..100"),
     (["--steps", "101"], "sample steps must be in 1..100"),
@@ -210,6 +227,9 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
     (["--attention-resolutions", "4"], "never reached"),
     (["--schedule", "quadratic"], "Unknown schedule"),
     (["--resume"], "--resume needs --out"),
+    (["--objective", "flow"], "add --prediction v, --sampler euler (or heun)"),
+    (["--sampler", "heun"], "is for flow-matching runs"),
+    (["--objective", "flow", "--prediction", "v", "--sampler", "euler", "--flow-times", "beta"], "Unknown flow_times"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, capsys):
     import train
