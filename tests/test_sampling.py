@@ -81,7 +81,7 @@ def test_trajectory_and_ddpm_sampler():
     assert xs.shape == (20, 3, 32, 32, 1) and x0s.shape == xs.shape and pairs.shape == (20, 2)
     np.testing.assert_allclose(x, jnp.clip(xs[-1], -1, 1))
     with pytest.raises(ValueError, match="Unknown sampler"):
-        make_sampler(s, "euler")
+        make_sampler(s, "lms")
     with pytest.raises(ValueError, match="eta"):
         make_sampler(s, "ddim", 10, eta=2.0)
 
