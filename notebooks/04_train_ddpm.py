@@ -19,7 +19,7 @@
 # run to `helpers.runs.train_run` and look at what it learned: the loss curve, the loss per noise
 # level, and digits drawn at checkpoints along the way.
 #
-# The run is saved to `runs/tutorial-<preset>/` with checkpoints; notebooks 05-08 reuse it. On a
+# The run is saved to `runs/tutorial-<preset>/` with checkpoints; the later notebooks reuse it. On a
 # GPU the `paper` preset runs the reference's full 50 epochs; on a laptop CPU the `cpu` preset
 # trains a smaller model for 9,000 steps, about 20 minutes on two cores.
 
@@ -63,52 +63,6 @@ PRESET = tutorial.setup("04_train_ddpm")
 cfg = get_config(PRESET)
 print(json.dumps({k: v for k, v in json.loads(cfg.to_json()).items() if k != "model"}, indent=None))
 print("model:", cfg.model)
-
-# %% [markdown]
-# What the `cpu` preset changes from the reference, and why. Each choice was measured at equal
-# training time on two CPU cores (the docs' Results page, "How the preset was chosen"); the values
-# are read from the presets themselves.
-
-# %%
-WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
-    "model.hidden_dims": "a narrower UNet runs several times the images/s, so it sees more epochs in 20 minutes",
-    "model.channel_mult": "(the cpu preset gives its widths directly)",
-    "model.patch_size": "2x2 patches (space-to-depth): each step about 4x cheaper on a CPU",
-    "model.num_res_blocks": "a second block per level costs more per step than it returns in 20 minutes",
-    "model.attention_resolutions": "attention only at the coarsest level, a 4x4 feature map",
-    "model.activation": "SiLU: cheaper than GELU's tanh on a CPU",
-    "model.time_embedding_dim": "scaled down with the widths",
-    "model.max_norm_groups": "GroupNorm groups scaled down with the widths",
-    "max_steps": "9,000 steps, about 20 minutes on two CPU cores: a fixed plan (section 10)",
-    "batch_size": "more, smaller steps in a fixed time",
-    "learning_rate": "a short run needs larger steps; clipping keeps them stable",
-    "warmup_steps": "a shorter run, a shorter warm-up",
-    "prediction": "v-prediction (section 6): better digits at equal time than epsilon",
-    "loss": "MSE with min-SNR weighting (section 6) instead of Huber",
-    "loss_weighting": "min-SNR-5 (section 6)",
-    "weight_decay": "a run of a few epochs does not over-fit: no weight decay",
-    "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
-    "ema_every": "(with ema_decay)",
-    "sampler": "DPM-Solver++(2M) SDE: half DDIM-100's network evaluations at equal quality (notebook 05)",
-    "sample_steps": "(with sampler)",
-    "eta": "stochastic sampling suits a briefly trained model (notebook 05)",
-    "num_samples": "1,000 samples for the scores of notebook 08",
-    "checkpoint_every": "a checkpoint every minute or so of a 20-minute run",
-    "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 10)",
-    "autoguidance_scale": "extrapolate away from the guide when sampling (section 14, notebook 05)",
-}
-
-
-def flat_config(c) -> dict:
-    d = json.loads(c.to_json())
-    return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
-
-
-paper, cpu = flat_config(PRESETS["paper"]), flat_config(PRESETS["cpu"])
-changed = [k for k in paper if paper[k] != cpu[k] and k != "preset"]
-print(f"{'field':28s} {'paper':>16s} {'cpu':>16s}  why")
-for k in changed:
-    print(f"{k:28s} {paper[k]!s:>16s} {cpu[k]!s:>16s}  {WHY_CPU_DIFFERS.get(k, '')}")
 
 # %% [markdown]
 # ## 2. Data on the device
@@ -225,7 +179,7 @@ tutorial.show(fig, "min_snr_weights")
 # $t$, where the image is almost all noise and the sampler's later steps correct what the first ones
 # get wrong. The training loss is made of the middle noise levels, where the digit takes shape
 # (section 12 measures it on the trained model). (Notebook
-# 06 compares Huber, MSE and min-SNR at equal compute.) The two loss shapes:
+# 09 compares min-SNR with uniform weighting at equal compute.) The two loss shapes:
 
 # %%
 err = jnp.linspace(-3, 3, 121)[:, None, None, None]
@@ -300,7 +254,7 @@ print(inspect.getsource(train_step))
 #    $\varepsilon \sim \mathcal N(0, I)$.
 # 2. `q_sample` makes $x_t$ in closed form (notebook 02); `prediction_target` is $v$ here (or
 #    $\varepsilon$, $x_0$), `loss_weights` the min-SNR weight of each example.
-# 3. A class-conditional model (notebook 07) replaces some labels by "no label".
+# 3. A class-conditional model (notebook 10) replaces some labels by "no label".
 # 4. `loss_fn` runs the network and averages the weighted per-image errors; `mask` drops the
 #    padding of an epoch's short last batch.
 # 5. `nnx.value_and_grad` gives the loss and its gradient with respect to the model's parameters;
@@ -392,7 +346,7 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 #
 # The preset also sets `guide_fraction = 0.15`: at 15% of the steps the run copies its EMA weights
 # into a frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
-# (section 14, notebook 05). And it keeps a checkpoint every 2,000 steps besides the last three
+# (section 14, notebook 07). And it keeps a checkpoint every 2,000 steps besides the last three
 # (`keep_checkpoints_every`), for section 13.
 
 # %%
@@ -413,11 +367,15 @@ print(f"this run's EMA: {ema_reach(cfg_run, summary['steps'])}")
 history = json.loads((run_dir / "history.json").read_text())
 fig = plot_training_curve(history, title=f"{PRESET} preset: loss (log scale) and learning rate")
 tutorial.show(fig, "training_curve")
+lr_gap = np.max(np.abs(np.asarray(history["lr"]) - np.asarray(lr_schedule(np.asarray(history["step"])))))
+print(f"the learning rate the run used at its {len(history['step']):,} logged steps differs from section 4's "
+      f"schedule by at most {lr_gap:.1e}")
 
 # %% [markdown]
 # The loss (blue, log scale; faint: every step, bold: moving average) drops fast in the first few
 # hundred steps, as the network learns to remove most of the noise, then keeps creeping down while
-# the learning rate (orange) rises through the warmup and decays along the cosine. The per-step loss
+# the learning rate (orange: section 4's schedule, as the printed check confirms) rises through the
+# warmup and decays along the cosine. The per-step loss
 # stays noisy because every batch draws new timesteps, and some are much harder than others. The
 # next figure shows how much harder.
 #
@@ -497,11 +455,11 @@ tutorial.show(fig, "samples_at_checkpoints")
 # ## 14. Digits from noise: DPM-Solver++ with autoguidance
 #
 # Sampling starts from pure noise $x_T \sim \mathcal N(0, I)$ and applies the trained denoiser
-# step by step; notebook 05 explains the samplers. The `cpu` preset samples with the stochastic
+# step by step; notebooks 06 and 07 explain the samplers. The `cpu` preset samples with the stochastic
 # DPM-Solver++(2M) (Lu et al. 2022) in 50 steps, and with *autoguidance* (Karras et al. 2024): at
 # every step it also asks the guide (the EMA weights at 15% of training) and extrapolates away
 # from it, $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$ with the $w$ printed below.
-# Notebook 05 shows what that does to the digits and scores it.
+# Notebook 07 shows what that does to the digits and scores it.
 
 # %%
 t0 = time.perf_counter()
@@ -517,11 +475,61 @@ tutorial.show(fig, "samples")
 
 # %% [markdown]
 # Each cell is a digit the model made up from a different noise seed. After the full run you should
-# see clean, varied digits of all ten classes; notebook 08 measures how clean and how varied, with
+# see clean, varied digits of all ten classes; notebook 05 measures how clean and how varied, with
 # an independent classifier. The run folder also holds `samples.png` and `samples.npy`
 # (`cfg.num_samples` of them), written at the end of training.
 # %% [markdown]
-# ## 15. What to expect, and troubleshooting
+# ## 15. The `cpu` preset: what it changes from the reference, and why
+#
+# Now that every idea it uses has been met, the preset itself. The reference's recipe (`paper`) is
+# made for a GPU: a wider UNet, 50 epochs of batch 256. The `cpu` preset has a budget of about 20
+# minutes on two CPU cores instead, and each change below was chosen by comparing runs at equal
+# training time there (notebook 09 repeats a few of those comparisons). The values are read from
+# the presets themselves:
+
+# %%
+WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
+    "model.hidden_dims": "a narrower UNet runs several times the images/s, so it sees more epochs in 20 minutes",
+    "model.channel_mult": "(the cpu preset gives its widths directly)",
+    "model.patch_size": "2x2 patches (space-to-depth): each step about 4x cheaper on a CPU",
+    "model.num_res_blocks": "a second block per level costs more per step than it returns in 20 minutes",
+    "model.attention_resolutions": "attention only at the coarsest level, a 4x4 feature map",
+    "model.activation": "SiLU: cheaper than GELU's tanh on a CPU",
+    "model.time_embedding_dim": "scaled down with the widths",
+    "model.max_norm_groups": "GroupNorm groups scaled down with the widths",
+    "max_steps": "9,000 steps, about 20 minutes on two CPU cores: a fixed plan (section 10)",
+    "batch_size": "more, smaller steps in a fixed time",
+    "learning_rate": "a short run needs larger steps; clipping keeps them stable",
+    "warmup_steps": "a shorter run, a shorter warm-up",
+    "prediction": "v-prediction (section 6): better digits at equal time than epsilon",
+    "loss": "MSE with min-SNR weighting (section 6) instead of Huber",
+    "loss_weighting": "min-SNR-5 (section 6)",
+    "weight_decay": "a run of a few epochs does not over-fit: no weight decay",
+    "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
+    "ema_every": "(with ema_decay)",
+    "sampler": "DPM-Solver++(2M) SDE: half DDIM-100's network evaluations at equal quality (notebook 07)",
+    "sample_steps": "(with sampler)",
+    "eta": "stochastic sampling suits a briefly trained model (notebook 06)",
+    "num_samples": "1,000 samples for the scores of notebook 05",
+    "checkpoint_every": "a checkpoint every minute or so of a 20-minute run",
+    "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 10)",
+    "autoguidance_scale": "extrapolate away from the guide when sampling (section 14, notebook 07)",
+}
+
+
+def flat_config(c) -> dict:
+    d = json.loads(c.to_json())
+    return {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d["model"].items()}}
+
+
+paper, cpu = flat_config(PRESETS["paper"]), flat_config(PRESETS["cpu"])
+changed = [k for k in paper if paper[k] != cpu[k] and k != "preset"]
+print(f"{'field':28s} {'paper':>16s} {'cpu':>16s}  why")
+for k in changed:
+    print(f"{k:28s} {paper[k]!s:>16s} {cpu[k]!s:>16s}  {WHY_CPU_DIFFERS.get(k, '')}")
+
+# %% [markdown]
+# ## 16. What to expect, and troubleshooting
 #
 # **What to expect.** On 2 CPU cores the `cpu` preset trains its 9,000 steps in about 20 minutes
 # (a faster machine takes less time, a slower one more, for the same run); recognisable digits
@@ -544,7 +552,7 @@ tutorial.show(fig, "samples")
 #
 # **Blurry or blobby samples.** Train longer (the last part of the cosine decay matters), sample
 # from the EMA weights, use at least 50 DDIM steps and try $\eta = 1$ (stochastic steps correct
-# a young model's errors; notebook 05); `x0` clipping to [-1, 1] is on by default.
+# a young model's errors; notebook 06); `x0` clipping to [-1, 1] is on by default.
 # Blobs that look like no digit mean the model is under-trained: that is what the first minutes of
 # a CPU run produce.
 #
