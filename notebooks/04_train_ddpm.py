@@ -76,7 +76,7 @@ images_d = jax.device_put(images)
 steps_per_epoch = data.steps_per_epoch(len(images), cfg.batch_size)
 plan = make_plan(cfg, len(images))  # what the run will do, fixed before its first step (section 10)
 print(f"{len(images):,} training images; {steps_per_epoch:,} steps per epoch at batch {cfg.batch_size}; "
-      f"the run's plan: {plan.total_steps:,} steps ({plan.total_steps / steps_per_epoch:.1f} epochs)")
+      f"the preset's plan: {plan.total_steps:,} steps ({plan.total_steps / steps_per_epoch:.1f} epochs)")
 
 # %% [markdown]
 # ## 3. Model
@@ -165,7 +165,7 @@ t_all = jnp.arange(cfg.num_timesteps)
 fig, ax = plt.subplots(figsize=(7, 3))
 for prediction in ("epsilon", "v", "x0"):
     ax.plot(t_all, loss_weights("min_snr", prediction, schedule, t_all, cfg.min_snr_gamma),
-            label=f"on the {prediction} error" + (" (cpu preset)" if prediction == cfg.prediction else ""))
+            label=f"on the {prediction} error" + (" (cpu preset)" if prediction == PRESETS["cpu"].prediction else ""))
 ax.set(xlabel="timestep t", ylabel="weight", yscale="log",
        title=f"min-SNR-{cfg.min_snr_gamma:g} weights, {cfg.schedule} schedule")
 ax.legend()
@@ -275,7 +275,7 @@ print(inspect.getsource(train_step))
 train_state = TrainState(cfg)  # what sections 3, 5 and 7 built, with the guide and the keys
 print("TrainState holds:", ", ".join(k for k in vars(train_state) if not k.startswith("_")))
 data_key = jax.random.wrap_key_data(train_state.keys[...][0])  # the run's data-order key (section 9)
-order = data.epoch_order(jax.random.key(0), 0, len(images), cfg.batch_size)
+order = data.epoch_order(data_key, 0, len(images), cfg.batch_size)
 graphdef, state = nnx.split(train_state)  # the step donates these arrays: `train_state` is updated after the loop
 for s in range(3):
     x0, _, mask = data.get_batch(images_d, None, order, s, cfg.batch_size)
@@ -350,7 +350,8 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 # (`keep_checkpoints_every`), for section 13.
 
 # %%
-print(f"the plan: {plan.total_steps:,} steps, guide at step {plan.guide_step}, "
+guide_at = f"guide at step {plan.guide_step:,}" if plan.guide_step is not None else "no guide"
+print(f"the plan: {plan.total_steps:,} steps, {guide_at}, "
       f"checkpoints at steps {', '.join(f'{s:,}' for s in plan.checkpoint_steps[:4])}, ...")
 run_dir = tutorial.tutorial_run_dir(PRESET)
 if (run_dir / "summary.json").is_file():
@@ -587,7 +588,8 @@ print(f"learning rate {10 * cfg.learning_rate:g} from the first step: mean loss 
 # gradient clipping keeps it from diverging, the warm-up keeps it from wasting the steps.
 
 # %% jupyter={"source_hidden": true}
-# Solution 2: a larger gamma keeps full weight down to lower SNR, i.e. to larger t.
+# Solution 2: a larger gamma caps the weight only at a higher SNR, i.e. at smaller t: more weight on the
+# nearly clean images; where the SNR is below gamma (larger t) the curves coincide.
 fig, ax = plt.subplots(figsize=(7, 3))
 for gamma in (1.0, 5.0, 20.0):
     ax.plot(t_all, loss_weights("min_snr", "v", schedule, t_all, gamma), label=f"gamma = {gamma:g}")
