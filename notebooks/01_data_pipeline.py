@@ -14,7 +14,8 @@
 # %% [markdown]
 # A diffusion model learns to turn noise into images, so before any model we need images: the
 # 70,000 handwritten digits of MNIST, in the form the model wants them. This notebook follows the
-# data from the original archives to batches that live on the accelerator.
+# data from the original archives to batches that live on the device (the GPU when there is one;
+# on a CPU-only machine the CPU itself, with the same code).
 #
 # You will learn:
 # - how TensorFlow Datasets (TFDS) fetches and prepares MNIST, and how to do it **without internet**;
@@ -60,7 +61,7 @@ print("digits per class (train):", np.bincount(train_labels, minlength=10))
 
 # %% [markdown]
 # The classes are close to balanced (each about 10%), which matters later: a good generator
-# should produce all ten digits about equally often, and notebook 08 checks exactly that.
+# should produce all ten digits about equally often, and notebook 05 checks exactly that.
 
 # %% [markdown]
 # ## 2. A first look
@@ -71,8 +72,9 @@ fig = plot_samples(first, title="64 training digits", ncols=16, size=0.5)
 tutorial.show(fig, "real_digits")
 
 # %% [markdown]
-# White strokes on a black background, centred in the frame; the thin black border around each
-# digit is the 2-pixel padding added below.
+# White strokes on a black background, centred in the frame. These digits are already in the
+# model's range and padded to 32x32 (section 3 explains both); the 2-pixel padding is the
+# background's own black, so you cannot see it. The white lines are only the gaps between tiles.
 
 # %% [markdown]
 # ## 3. Pixel statistics and the model's range
@@ -102,22 +104,25 @@ tutorial.show(fig, "pixel_histogram")
 #
 # The diffusion process adds Gaussian noise with mean 0 and variance 1, so the data should live on
 # a comparable scale, centred on 0: `to_model_range` maps [0, 255] to **[-1, 1]**. It then pads
-# 28x28 to **32x32**: the UNet halves the image size at each level (32 -> 16 -> 8), and 28 would
-# give 7 at the third level, which cannot be halved again. The padding value is **-1, the
+# 28x28 to **32x32**: the UNet halves its feature maps from level to level (32 -> 16 -> 8; the
+# `cpu` preset first folds 2x2 patches into channels, so 16 -> 8 -> 4, notebook 03). From 28 the
+# `cpu` UNet would reach 7 at its second level, which cannot be halved again; 32, a power of two,
+# halves cleanly at every level of every preset. The padding value is **-1, the
 # background colour**, so the border looks like the rest of the background and the model does not
 # have to learn a frame.
 
 # %%
 x = data.to_model_range(jnp.asarray(train_images[:256]))
 print("model input:", x.shape, x.dtype, f"range [{float(x.min()):.1f}, {float(x.max()):.1f}]")
-print("border pixels all -1:", bool(jnp.all(x[:, :2] == -1.0)))
+border = jnp.ones((32, 32), bool).at[2:-2, 2:-2].set(False)  # the 2-pixel frame on all four sides
+print("2-pixel border all -1:", bool(jnp.all(x[:, border] == -1.0)))
 print("back to [0, 1] and cropped to 28x28:", data.from_model_range(x, crop=True).shape)
 
 # %% [markdown]
 # ## 4. Shuffling and batching on the device
 #
-# A tutorial loader would loop over a `tf.data` pipeline in Python and copy each batch to the
-# device. For MNIST the whole training set is 47 MB of uint8, so we put it on the device once and
+# A typical loader would loop over a `tf.data` pipeline in Python and copy each batch to the
+# device. For MNIST the whole training set is 60,000 x 28 x 28 bytes (47 MB) of uint8, so we put it on the device once and
 # let the compiled train step pick its own batch:
 #
 # - `epoch_order(key, epoch, ...)` is a permutation of all examples, derived from the run's seed
@@ -177,7 +182,7 @@ tutorial.show(fig, "shuffled_batch")
 # Each runs in seconds; the solutions are in collapsed cells (click to expand).
 #
 # 1. Which digit uses the most ink? Compute the mean pixel value (in [0, 1]) of each class.
-# 2. With batch 64 (the `cpu` preset), how many batches make an epoch, and how many real images
+# 2. With batch 64 (the `cpu` preset, the recipe notebook 04 trains on a CPU), how many batches make an epoch, and how many real images
 #    does the last one hold?
 # 3. Show that the order of an epoch depends only on (seed, epoch): call `epoch_order` twice with
 #    the same arguments, then with the next epoch.

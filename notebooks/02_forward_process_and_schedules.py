@@ -15,7 +15,8 @@
 # A diffusion model is trained on one simple task: given a digit that has been buried in a known
 # amount of Gaussian noise, say what the noise was. The **forward process** is the recipe for
 # burying it; the **noise schedule** decides how fast the digit disappears. This notebook looks at
-# both, and at why the reference tutorial (and we) use the cosine schedule.
+# both, and at why the reference tutorial (Artifex's ["Training a Diffusion Model on MNIST"](https://docs.avitai.bio/artifex/examples/basic/diffusion-mnist),
+# the JAX tutorial this collection re-creates) and we use the cosine schedule.
 
 # %%
 import jax
@@ -35,7 +36,7 @@ PRESET = tutorial.setup("02_forward_process_and_schedules")
 #
 # With betas $\beta_1, \dots, \beta_T$, $\alpha_t = 1 - \beta_t$ and
 # $\bar\alpha_t = \prod_{s \le t} \alpha_s$, adding noise *t* times in a row collapses into one
-# Gaussian (Ho et al. 2020, eq. 4):
+# Gaussian ([Ho et al. 2020](https://arxiv.org/abs/2006.11239), eq. 4):
 #
 # $$x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \varepsilon, \qquad \varepsilon \sim \mathcal N(0, I).$$
 #
@@ -52,9 +53,10 @@ for s in (linear, cosine):
           f"alpha_bar[T-1] = {ab[-1]:.2e}")
 
 # %% [markdown]
-# Both end with almost no signal left ($\bar\alpha_{T-1} \approx 0$), so $x_T$ is pure noise, which
-# is where sampling will start. The cosine schedule's betas are clipped at 0.999 (Nichol & Dhariwal
-# 2021), which is why its last $\bar\alpha$ is tiny but not zero.
+# (The code numbers timesteps 0 to $T-1$: the paper's $t = 1, \dots, T$ is our $t = 0, \dots, T-1$.)
+# Both end with almost no signal left ($\bar\alpha_{T-1} \approx 0$): the last $x_t$ is pure noise,
+# which is where sampling will start. The cosine schedule's betas are clipped at 0.999 ([Nichol & Dhariwal
+# 2021](https://arxiv.org/abs/2102.09672)), which is why its last $\bar\alpha$ is tiny but not zero.
 #
 # ## 2. Two schedules side by side
 #
@@ -79,12 +81,17 @@ for ax in axes:
     ax.legend()
 fig.tight_layout()
 tutorial.show(fig, "alpha_bar_and_snr")
+for s in (linear, cosine):
+    snr = np.asarray(s.snr())
+    print(f"{s.kind:7s} SNR below 1e-2 from t = {int(np.argmax(snr < 1e-2))}, below 1e-3 from t = "
+          f"{int(np.argmax(snr < 1e-3)) if (snr < 1e-3).any() else 'never'} (of {T})")
 
 # %% [markdown]
 # On the left, the linear schedule (red) has destroyed most of the signal by t = 300, while the
 # cosine schedule (blue) falls almost linearly through the middle of the range. On the right, the
-# linear schedule's SNR dives below 1e-3 for the whole last third of the process: hundreds of
-# timesteps that all look like pure noise, where the model learns nothing useful. The cosine SNR
+# linear schedule's SNR is below 1e-2 for about the last third of the process (from t = 674, as
+# printed above): hundreds of timesteps that all look like pure noise, where the model learns little.
+# The cosine schedule crosses 1e-2 only in its last 64 steps. The cosine SNR
 # moves through the informative range (roughly 1e-2 to 1e2) evenly.
 
 # %% [markdown]
@@ -153,7 +160,7 @@ print(f"sqrt(alpha_bar) = {float(jnp.sqrt(cosine.alpha_bars[t_check])):.4f} "
 # - Training draws $t$ uniformly and makes $x_t$ in one step with `q_sample`.
 # - The cosine schedule keeps the digit recognisable for longer and spends its timesteps evenly in
 #   log-SNR; it is the default here, as in the reference tutorial.
-# - Notebook 06 trains one model per schedule at equal compute and compares their samples.
+# - Notebook 09 trains one model per schedule at equal compute and compares their samples.
 
 # %% [markdown]
 # ## Exercises

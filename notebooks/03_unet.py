@@ -14,7 +14,7 @@
 # %% [markdown]
 # The network's job is to look at a noisy image $x_t$ and the timestep $t$ and predict the noise
 # $\varepsilon$ that was added. Input and output have the same shape, so the classic choice is a
-# **UNet**: it shrinks the image to see the whole digit, then grows it back, with skip connections
+# **UNet** ([Ronneberger et al. 2015](https://arxiv.org/abs/1505.04597)): it shrinks the image to see the whole digit, then grows it back, with skip connections
 # that carry fine detail across. This notebook builds the one in `helpers/unet.py` from its parts:
 # the time embedding, the residual block, self-attention, and the skips, then traces the shapes
 # through the whole network and counts parameters for each preset.
@@ -39,7 +39,8 @@ PRESET = tutorial.setup("03_unet")
 #
 # One network serves all 1,000 noise levels, so it must know $t$. The integer is turned into a
 # vector of sines and cosines at geometrically spaced frequencies (the Transformer position
-# encoding; Ho et al. 2020 use the same), then through a small MLP. Nearby timesteps get similar
+# encoding of [Vaswani et al. 2017](https://arxiv.org/abs/1706.03762); [Ho et al.
+# 2020](https://arxiv.org/abs/2006.11239) use the same), then through a small MLP. Nearby timesteps get similar
 # vectors, far-apart ones different vectors.
 
 # %%
@@ -55,8 +56,11 @@ fig.tight_layout()
 tutorial.show(fig, "time_embedding")
 
 # %% [markdown]
-# The first dimensions (top) oscillate fast and tell neighbouring timesteps apart; the last ones
-# (bottom) change slowly and say roughly where in the process we are.
+# The embedding has two halves: rows 0-63 are sines and rows 64-127 cosines of the same 64
+# frequencies, hence the two similar bands. In each band the top rows oscillate fast and tell
+# neighbouring timesteps apart; the rows lower down change slowly and say roughly where in the
+# process we are. The slowest barely move over 1,000 steps: sines stay near 0 (white), cosines
+# near 1 (blue).
 
 # %% [markdown]
 # ## 2. The residual block
@@ -64,8 +68,9 @@ tutorial.show(fig, "time_embedding")
 # Each `ResBlock` is GroupNorm -> activation -> 3x3 conv, then adds a projection of the time
 # embedding to every pixel (this is how $t$ reaches every layer), then GroupNorm -> activation ->
 # dropout -> 3x3 conv, and finally adds its input back (a 1x1 conv matches the channels when they
-# change). The residual path lets the block start near the identity, which keeps deep networks
-# trainable. The normalisation is Flax's own `nnx.GroupNorm`.
+# change). The residual path gives the signal and its gradient a direct route through every
+# block, which keeps deep networks trainable. The normalisation is Flax's own `nnx.GroupNorm`
+# ([Wu & He 2018](https://arxiv.org/abs/1803.08494)).
 
 # %%
 cfg = UNetConfig(hidden_dims=(64, 128, 256), num_res_blocks=2, attention_resolutions=(8,))
@@ -91,10 +96,11 @@ print("SelfAttention at 8x8:", h.shape, "->", attn(h).shape, f"({count_params(at
 # ## 4. The whole network: a shape trace
 #
 # Down the left side of the U, each level has `num_res_blocks` residual blocks (attention after
-# each at 8x8) and a strided conv that halves the size. The middle has two blocks with attention
-# between them. Up the right side, each block first concatenates the matching skip from the way
+# each at 8x8) and, except at the lowest level, a strided conv that halves the size. The middle
+# has two blocks with attention between them. Up the right side, each block first concatenates the matching skip from the way
 # down, which is why its input has more channels than its output. The trace below follows a batch
-# of two through the reference tutorial's model (the `paper` preset).
+# of two through the model of the reference tutorial (Artifex's ["Training a Diffusion Model on
+# MNIST"](https://docs.avitai.bio/artifex/examples/basic/diffusion-mnist), which this collection re-creates; the `paper` preset).
 
 # %%
 def shape_trace(abstract_model, batch_size=2):
@@ -118,8 +124,9 @@ def shape_trace(abstract_model, batch_size=2):
                 skips[-1] = h  # attention refines the block output that becomes the skip
             else:
                 skips.append(h)
-        h = model.mid2(model.mid_attn(model.mid1(h, emb)) if model.mid_attn else model.mid1(h, emb), emb)
-        rows.append(("middle (ResBlock, attention, ResBlock)", h.shape))
+        has_attention = model.mid_attn is not None
+        h = model.mid2(model.mid_attn(model.mid1(h, emb)) if has_attention else model.mid1(h, emb), emb)
+        rows.append((f"middle (ResBlock, {'attention, ' if has_attention else ''}ResBlock)", h.shape))
         for layer in model.up:
             if isinstance(layer, ResBlock):
                 skip = skips.pop()
@@ -143,9 +150,10 @@ for name, shape in shape_trace(paper):
 # %% [markdown]
 # 32x32 goes down to 8x8 and back; the channels grow from 64 to 256 as the image shrinks, so each
 # level does a similar amount of work. The output has exactly the input's shape: one predicted
-# value per pixel (the noise $\varepsilon$ for this preset, $v$ for `cpu`; notebook 04). The final
-# conv is **initialised to zero**, so an untrained model predicts zeros and training starts from a
-# calm loss of about 1 (the target has unit variance).
+# value per pixel (the noise $\varepsilon$ for this preset; the `cpu` preset predicts a mix of noise
+# and image called $v$, which notebook 04 introduces). The final conv is **initialised to zero**, so
+# an untrained model predicts zeros, and training starts from a calm, known loss: that of predicting
+# 0, set by the size of the target (notebook 04 prints its first steps' losses).
 #
 # The same structure as a picture, for the `cpu` preset's model (left: down, right: up, dashed:
 # the skips; each box is one resolution level, with its feature-map size and channels):
@@ -167,7 +175,8 @@ def draw_unet(c: UNetConfig):
             ax.annotate("", (7.5, -i - 0.35), (7.5, -i - 0.65), arrowprops=dict(arrowstyle="->"))
     bottom = len(levels)
     ax.add_patch(plt.Rectangle((3.0, -bottom - 0.35), 3, 0.7, fc="#e3f0d8", ec="k"))
-    ax.text(4.5, -bottom, f"middle: ResBlock, attention, ResBlock\n{levels[-1][0]}x{levels[-1][0]}, "
+    middle = "ResBlock, attention, ResBlock" if levels[-1][0] in c.attention_resolutions else "ResBlock, ResBlock"
+    ax.text(4.5, -bottom, f"middle: {middle}\n{levels[-1][0]}x{levels[-1][0]}, "
             f"{levels[-1][1]} channels", ha="center", va="center", fontsize=8)
     ax.annotate("", (3.0, -bottom), (1.5, -bottom + 0.65), arrowprops=dict(arrowstyle="->"))
     ax.annotate("", (7.5, -bottom + 0.65), (6.0, -bottom), arrowprops=dict(arrowstyle="->"))
@@ -184,7 +193,8 @@ tutorial.show(draw_unet(PRESETS["cpu"].model), "unet_diagram")
 
 # %% [markdown]
 # Each level halves the feature map and doubles the channels on the way down; the up side mirrors
-# it, each level with one block more, because it also consumes the skip of the downsampling conv.
+# it, each level with one block more, because it also consumes the skip of the layer that entered
+# that level (the strided conv, or `conv_in` at the top).
 # The `cpu` model's real shape trace, with its 2x2 patches folded into channels first:
 
 # %%
@@ -201,9 +211,11 @@ for name, shape in shape_trace(cpu_model):
 # The `cpu` preset needs a model that learns in 20 minutes on two cores. It first folds each 2x2
 # patch of pixels into channels (**space-to-depth**), as the trace above shows, so its
 # convolutions run on a quarter of the positions: about 4x cheaper per image. Vision Transformers
-# and latent diffusion models make the same trade. It is also narrow (16/32/64 channels): at a
-# budget of minutes, a small model that takes more steps beats a wider one (notebook 06 and the
-# docs' Results page).
+# ([Dosovitskiy et al. 2021](https://arxiv.org/abs/2010.11929)) and latent diffusion models
+# ([Rombach et al. 2022](https://arxiv.org/abs/2112.10752)) make the same trade. It is also narrow
+# (16/32/64 channels), which runs several times the images per second of a wider UNet. Whether
+# narrower is better at a fixed budget is an experiment: notebook 09 trains a narrower and a wider
+# UNet than this one for the same few minutes and compares their samples.
 
 # %%
 rows = []
@@ -217,9 +229,8 @@ for name, ch, nb, p, res, att, n in rows:
     print(f"{name:7s} {str(ch):>16s} {nb:>6d} {p:>5d} {str(res):>14s} {str(att):>9s} {n:>12,}")
 
 # %% [markdown]
-# The `paper` model has about 15.3 million parameters (the reference tutorial's UNet, and the same
-# count as the equivalent `diffusers` `UNet2DModel`); `cpu` has about 0.7 million and `tiny` about
-# 43 thousand, for tests.
+# The `paper` model has about 15.3 million parameters (the reference tutorial's UNet); `cpu` has
+# about 0.7 million and `tiny` about 43 thousand, for tests.
 
 # %%
 model = create_unet(get_config(PRESET).model, seed=0)
@@ -232,7 +243,8 @@ print(f"{PRESET} model: {x.shape} -> {out.shape}; untrained output is all zeros:
 # - Time enters every residual block through a sinusoidal embedding and an MLP.
 # - Attention only at low resolution, where it is cheap; skips carry detail across the U.
 # - `UNetConfig` holds every choice (channels, blocks, attention, activation, dropout, time
-#   embedding, patch size); notebook 06 compares a small and a large model at equal compute.
+#   embedding, patch size); notebook 09 compares a narrower (8/16/32) and a wider (32/64/128) UNet
+#   with this one at equal compute.
 
 # %% [markdown]
 # ## Exercises
@@ -256,7 +268,7 @@ for change in ({}, {"num_res_blocks": 2}, {"patch_size": 4}):
 
 # %% jupyter={"source_hidden": true}
 # Solution 2: 32x32 folded into 8x8x16, levels at 8x8, 4x4 and 2x2; attention at 4x4 now sits at the
-# second level (32 channels), no longer at the bottom of the U.
+# second level (32 channels), no longer at the bottom of the U: the middle block has no attention.
 for name, shape in shape_trace(nnx.eval_shape(lambda: create_unet(get_config("cpu", patch_size=4).model, seed=0))):
     print(f"{name:48s} {shape}")
 

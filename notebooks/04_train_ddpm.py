@@ -12,9 +12,10 @@
 # > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 23 min 40 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
-# This is the heart of the collection: the complete training run of the reference tutorial, step
-# by step, in JAX, Flax NNX and optax. We set up the configuration, data and model, build the
-# optimiser (AdamW with warmup + cosine decay and gradient clipping), the loss and the EMA of the
+# This is the heart of the collection: the complete training run of the reference tutorial
+# (Artifex's ["Training a Diffusion Model on MNIST"](https://docs.avitai.bio/artifex/examples/basic/diffusion-mnist)), step by step, in JAX, Flax NNX
+# and optax. We set up the configuration, data and model, build the optimiser (AdamW with warmup +
+# cosine decay and gradient clipping), the loss and the exponential moving average (EMA) of the
 # weights, read the train step line by line, run it in a short loop of our own, then hand the long
 # run to `helpers.runs.train_run` and look at what it learned: the loss curve, the loss per noise
 # level, and digits drawn at checkpoints along the way.
@@ -114,10 +115,10 @@ tutorial.show(fig, "lr_schedule")
 # ## 5. Optimiser: AdamW with gradient clipping
 #
 # `optax.chain(clip_by_global_norm(1.0), scale_by_adam(), add_decayed_weights(wd), -learning_rate)`,
-# which is optax's own `adamw` chain after clipping: clipping caps the size of any single update
-# (the occasional batch of nearly-clean images at t near 0 can produce large gradients), AdamW
-# adapts the step size per parameter and decays weights separately from the gradient (Loshchilov &
-# Hutter 2019). The learning rate is given to each step (`lr_schedule(step)`), not baked into the
+# which is optax's own `adamw` chain after clipping: clipping caps the norm of the gradient that
+# enters Adam (the occasional batch of nearly-clean images at t near 0 can produce large gradients),
+# AdamW adapts the step size per parameter and decays weights separately from the gradient
+# ([Loshchilov & Hutter 2019](https://arxiv.org/abs/1711.05101)). The learning rate is given to each step (`lr_schedule(step)`), not baked into the
 # optimiser, so that one compiled step serves every plan (a run with a time budget times the very
 # step it then trains with). `nnx.Optimizer`
 # keeps the optimiser state next to the model.
@@ -137,11 +138,11 @@ print(f"optimiser state: {moments:,} numbers (AdamW keeps two moments per parame
 # and makes $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ (notebook 02).
 # What should the network output? Three choices carry the same information:
 #
-# - **$\varepsilon$-prediction** (Ho et al. 2020, the reference and the `paper` preset): the noise.
+# - **$\varepsilon$-prediction** ([Ho et al. 2020](https://arxiv.org/abs/2006.11239), the reference and the `paper` preset): the noise.
 #   The clean image then follows as $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon) /
 #   \sqrt{\bar\alpha_t}$, which divides by $\sqrt{\bar\alpha_t} \approx 0$ at the noisiest steps:
 #   there a small error in $\hat\varepsilon$ becomes a large error in $\hat x_0$.
-# - **$v$-prediction** (Salimans & Ho 2022, "Progressive distillation", sec. 4; the `cpu` preset):
+# - **$v$-prediction** ([Salimans & Ho 2022](https://arxiv.org/abs/2202.00512), "Progressive distillation", sec. 4; the `cpu` preset):
 #   the velocity $v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0$, a mix that is
 #   mostly noise at small $t$ and mostly image at large $t$. Both quantities follow without any
 #   division: $\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v$ and
@@ -151,7 +152,7 @@ print(f"optimiser state: {moments:,} numbers (AdamW keeps two moments per parame
 #
 # How errors count. The reference measures the error with the **Huber** loss (quadratic for small
 # errors, linear for large ones, so a few very wrong pixels do not dominate the gradient). The
-# `cpu` preset uses plain MSE with **min-SNR-$\gamma$ weighting** (Hang et al. 2023, "Efficient
+# `cpu` preset uses plain MSE with **min-SNR-$\gamma$ weighting** ([Hang et al. 2023](https://arxiv.org/abs/2303.09556), "Efficient
 # diffusion training via min-SNR weighting strategy", eq. 9): with the signal-to-noise ratio
 # $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$, each example's error on $x_0$ is weighted by
 # $\min(\mathrm{SNR}(t), \gamma)$, $\gamma = 5$. Nearly clean images (huge SNR) then stop
@@ -200,8 +201,8 @@ tutorial.show(fig, "huber_vs_mse")
 # Samples come from an exponential moving average of the weights,
 # $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after each optimiser step, which smooths out the
 # noise of the last updates. The
-# reference uses $d = 0.9999$ every 10 steps, but its run has only ~11.7k steps, i.e. 1,170 EMA
-# updates: $0.9999^{1170} = 0.89$, so **89% of the average would still be the random initial
+# reference uses $d = 0.9999$ every 10 steps, but its run has 11,750 steps, i.e. 1,175 EMA
+# updates: $0.9999^{1175} = 0.89$, so **89% of the average would still be the random initial
 # weights** and its samples would be noise. We use the standard warm-up, $d_n = \min(d, (1 + n) /
 # (10 + n))$ after $n$ updates, which averages over the recent past at any run length:
 
@@ -219,7 +220,7 @@ tutorial.show(fig, "ema_warmup")
 
 # %% [markdown]
 # Without warm-up (blue) the initial weights still make up most of the average after a thousand
-# updates; with warm-up (orange) their share falls below 1% within the first hundred. With warm-up
+# updates; with warm-up (orange) their share falls below 1% within the first few updates. With warm-up
 # the decay a run actually reaches is set by its length: after $n$ updates it is
 # $\min(d, (1+n)/(10+n))$, and the average then spans about $1/(1-d_n)$ updates. For each preset's
 # planned length:
@@ -250,10 +251,11 @@ print(inspect.getsource(train_step))
 # %% [markdown]
 # Line by line:
 #
-# 1. Split the step's key three ways, then draw $t \sim U\{0, \dots, T-1\}$ for each image and
-#    $\varepsilon \sim \mathcal N(0, I)$.
-# 2. `q_sample` makes $x_t$ in closed form (notebook 02); `prediction_target` is $v$ here (or
-#    $\varepsilon$, $x_0$), `loss_weights` the min-SNR weight of each example.
+# 1. Split the step's key three ways and draw $\varepsilon \sim \mathcal N(0, I)$.
+# 2. A DDPM run (the `else` branch) draws $t \sim U\{0, \dots, T-1\}$ for each image; `q_sample`
+#    makes $x_t$ in closed form (notebook 02); `prediction_target` is $v$ here (or $\varepsilon$,
+#    $x_0$), `loss_weights` the min-SNR weight of each example. (The `flow` branch is flow
+#    matching, another way to train the same network, which notebook 08 introduces.)
 # 3. A class-conditional model (notebook 10) replaces some labels by "no label".
 # 4. `loss_fn` runs the network and averages the weighted per-image errors; `mask` drops the
 #    padding of an epoch's short last batch.
@@ -272,7 +274,7 @@ print(inspect.getsource(train_step))
 # calls only run:
 
 # %%
-train_state = TrainState(cfg)  # what sections 3, 5 and 7 built, with the guide and the keys
+train_state = TrainState(cfg)  # sections 3, 5 and 7's parts, built again from the same config and seed
 print("TrainState holds:", ", ".join(k for k in vars(train_state) if not k.startswith("_")))
 data_key = jax.random.wrap_key_data(train_state.keys[...][0])  # the run's data-order key (section 9)
 order = data.epoch_order(data_key, 0, len(images), cfg.batch_size)
@@ -329,13 +331,13 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 #
 # ## 10. The full run
 #
-# `helpers.runs.train_run` trains the same `TrainState` with the same `compiled_train_step`, in
+# `helpers.runs.train_run` trains a fresh `TrainState` of its own with the same `compiled_train_step`, in
 # `helpers.training.train`: a plain loop over chunks of `log_every` steps, dispatched back to back and
 # read once, after each of which a few small *hooks* run in turn: stop at a NaN loss, record the
-# history (and each epoch's mean loss), take the guide, save an orbax checkpoint (written in the
-# background), move the progress bar. It also writes the run folder. If this notebook is stopped,
+# history (and each epoch's mean loss), take the guide, save an Orbax checkpoint (JAX's checkpointing
+# library; written in the background), move the progress bar. It also writes the run folder. If this notebook is stopped,
 # run the cell again: it resumes from the last checkpoint. (From a terminal:
-# `python scripts/train.py --preset cpu`.)
+# `python scripts/train.py --preset cpu --out runs/tutorial-cpu`.)
 #
 # What the run will do is fixed before its first step, in a `Plan` made from the config (section 2):
 # the number of steps, the learning rate at each (section 4), the step at which the guide is taken,
@@ -344,7 +346,8 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 # budget is an option (`get_config("cpu", minutes=10)`, or `--minutes 10`): the run times one step,
 # plans the steps that fill the budget, and writes that plan to `plan.json`; it never re-plans.
 #
-# The preset also sets `guide_fraction = 0.15`: at 15% of the steps the run copies its EMA weights
+# The preset also sets `guide_fraction = 0.15`: at 15% of the steps (the step printed below) the run
+# copies its EMA weights
 # into a frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
 # (section 14, notebook 07). And it keeps a checkpoint every 2,000 steps besides the last three
 # (`keep_checkpoints_every`), for section 13.
@@ -374,9 +377,9 @@ print(f"the learning rate the run used at its {len(history['step']):,} logged st
 
 # %% [markdown]
 # The loss (blue, log scale; faint: every step, bold: moving average) drops fast in the first few
-# hundred steps, as the network learns to remove most of the noise, then keeps creeping down while
-# the learning rate (orange: section 4's schedule, as the printed check confirms) rises through the
-# warmup and decays along the cosine. The per-step loss
+# hundred steps, while the learning rate (orange) rises through its warm-up and the network learns
+# to remove most of the noise; it then keeps creeping down as the learning rate decays along the
+# cosine (section 4's schedule, as the printed check confirms). The per-step loss
 # stays noisy because every batch draws new timesteps, and some are much harder than others. The
 # next figure shows how much harder.
 #
@@ -435,7 +438,7 @@ print(f"unweighted error: highest at t = {worst} ({per_t[:, 0].max():.4f}), lowe
 # ## 13. Digits at checkpoints during training
 #
 # The checkpoints kept along the way, each sampled from the same noise with the run's sampler and
-# its EMA weights, without autoguidance (the guide does not exist yet at the first ones): a row per
+# its EMA weights, without autoguidance, to show what the network itself has learned: a row per
 # training step.
 
 # %%
@@ -457,9 +460,11 @@ tutorial.show(fig, "samples_at_checkpoints")
 #
 # Sampling starts from pure noise $x_T \sim \mathcal N(0, I)$ and applies the trained denoiser
 # step by step; notebooks 06 and 07 explain the samplers. The `cpu` preset samples with the stochastic
-# DPM-Solver++(2M) (Lu et al. 2022) in 50 steps, and with *autoguidance* (Karras et al. 2024): at
-# every step it also asks the guide (the EMA weights at 15% of training) and extrapolates away
-# from it, $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$ with the $w$ printed below.
+# DPM-Solver++(2M) ([Lu et al. 2022](https://arxiv.org/abs/2211.01095)) in 50 steps, and with
+# *autoguidance* ([Karras et al. 2024](https://arxiv.org/abs/2406.02507)): at every step it also asks
+# the guide (the EMA weights at 15% of training, section 10) and extrapolates away from it,
+# $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$, where $D$ is a network's estimate of the
+# clean image and $w$ is in the figure's title.
 # Notebook 07 shows what that does to the digits and scores it.
 
 # %%
@@ -484,8 +489,8 @@ tutorial.show(fig, "samples")
 #
 # Now that every idea it uses has been met, the preset itself. The reference's recipe (`paper`) is
 # made for a GPU: a wider UNet, 50 epochs of batch 256. The `cpu` preset has a budget of about 20
-# minutes on two CPU cores instead, and each change below was chosen by comparing runs at equal
-# training time there (notebook 09 repeats a few of those comparisons). The values are read from
+# minutes on two CPU cores instead. Its main changes were chosen by comparing runs at equal
+# training time there (notebook 09 repeats a few of them at 4.5 minutes). The values are read from
 # the presets themselves:
 
 # %%
@@ -502,13 +507,13 @@ WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
     "batch_size": "more, smaller steps in a fixed time",
     "learning_rate": "a short run needs larger steps; clipping keeps them stable",
     "warmup_steps": "a shorter run, a shorter warm-up",
-    "prediction": "v-prediction (section 6): better digits at equal time than epsilon",
+    "prediction": "v-prediction (section 6): better digits than epsilon in 20-minute runs",
     "loss": "MSE with min-SNR weighting (section 6) instead of Huber",
     "loss_weighting": "min-SNR-5 (section 6)",
-    "weight_decay": "a run of a few epochs does not over-fit: no weight decay",
+    "weight_decay": "a run of under ten epochs does not over-fit: no weight decay",
     "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
     "ema_every": "(with ema_decay)",
-    "sampler": "DPM-Solver++(2M) SDE: half DDIM-100's network evaluations at equal quality (notebook 07)",
+    "sampler": "DPM-Solver++(2M) SDE, 50 steps: as good as DDIM-100 at half the network evaluations (notebook 07)",
     "sample_steps": "(with sampler)",
     "eta": "stochastic sampling suits a briefly trained model (notebook 06)",
     "num_samples": "1,000 samples for the scores of notebook 05",
@@ -534,8 +539,9 @@ for k in changed:
 #
 # **What to expect.** On 2 CPU cores the `cpu` preset trains its 9,000 steps in about 20 minutes
 # (a faster machine takes less time, a slower one more, for the same run); recognisable digits
-# appear within the first few thousand steps, and the later steps refine their strokes (section 13). On a GPU the `paper` preset runs 50 epochs (about 11.7k steps of batch 256);
-# see the README for measured times.
+# appear within the first few thousand steps, and the later steps refine their strokes (section 13).
+# On a GPU the `paper` preset runs 50 epochs (11,750 steps of batch 256); `bash
+# benchmarks/gpu_benchmark.sh` measures its speed there.
 #
 # **GPU memory (TensorFlow and JAX).** TFDS imports TensorFlow, which by default grabs all GPU
 # memory, and JAX pre-allocates 75% of it. `import helpers` sets, unless you set them yourself,
@@ -562,7 +568,7 @@ for k in changed:
 #
 # **Slow training.** Check `jax.devices()` (is the GPU used?), keep `log_every` at 25 or more
 # (each chunk costs one host round trip), and run `python benchmarks/benchmark.py` to compare your
-# images/s with the README's figures.
+# images/s with the docs' Performance page.
 
 # %% [markdown]
 # ## Exercises

@@ -58,6 +58,35 @@ def test_api_reference_lists_every_public_function(site):
                 assert f"{module.__name__}.{name}" in html, f"{module.__name__}.{name} is missing from the API page"
 
 
+def test_results_and_performance_pages_are_short_and_history_is_a_table():
+    """Results and Performance: a summary table, then the method, in about 1,000 words each; earlier runs
+    live in history.md as one dated table."""
+    for page in ("results.md", "performance.md"):
+        text = (REPO / "docs" / page).read_text()
+        words = len(re.findall(r"\S+", text))
+        assert words <= 1100, f"docs/{page} has {words} words (about 1,000 at most)"
+        assert re.search(r"^\|.*\|$", text, re.M), f"docs/{page} has no summary table"
+    history = (REPO / "docs" / "history.md").read_text()
+    rows = [line for line in history.splitlines() if re.match(r"^\| \d{4}-\d{2}-\d{2} ", line)]
+    assert len(rows) >= 10, "history.md: the earlier runs as dated table rows"
+
+
+def test_every_cited_paper_is_on_the_references_page_with_a_link():
+    """Each arXiv link in the notebooks, README and docs is listed on docs/references.md, and the page names and
+    links the reference tutorial."""
+    refs = (REPO / "docs" / "references.md").read_text()
+    assert "Training a Diffusion Model on MNIST" in refs
+    cited = set()
+    for path in [*(REPO / "notebooks").glob("[0-9][0-9]_*.py"), REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        cited |= set(re.findall(r"arxiv\.org/abs/(\d{4}\.\d{4,5})", path.read_text()))
+    missing = sorted(c for c in cited if f"arxiv.org/abs/{c}" not in refs)
+    assert not missing, f"cited but not on the references page: {missing}"
+    for py in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py")):
+        text = py.read_text()
+        if re.search(r"et al\.|[A-Z][a-z]+ & [A-Z][a-z]+,? \(?20\d\d", text):
+            assert "](https://" in text, f"{py.stem} cites papers but links none"
+
+
 @pytest.fixture(scope="module")
 def server(site):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
@@ -82,7 +111,7 @@ def test_site_loads_nothing_from_the_internet(site):
     ("/", ["samples", "training curve"], False),
     ("/notebooks/02_forward_process_and_schedules/", ["figure"], True),
     ("/notebooks/04_train_ddpm/", ["figure"], True),
-    ("/notebooks/05_sampling/", ["figure"], True),
+    ("/notebooks/06_sampling/", ["figure"], True),
 ])
 def test_pages_render_offline_in_headless_chromium(server, browser, path, images, math):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

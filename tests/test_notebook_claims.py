@@ -83,7 +83,7 @@ def test_05_autoguidance_raises_the_confident_share_and_halves_the_frechet_dista
 
 
 def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
-    text = printed("08_evaluating_samples", "scores = {name: evaluator.evaluate(x)")
+    text = printed("05_evaluating_samples", "scores = {name: evaluator.evaluate(x)")
     table = {name.strip(): [float(v) for v in vals.split()[1:]] for name, vals in
              re.findall(r"^([A-Za-z0-9 ]+?)\s{2,}(\d+\s+[\d.\s%]+)$", text.replace("%", ""), re.M)}
     fd, conf, nn = (lambda r: (r[0], r[1], r[6]))(table["trained model"])
@@ -96,7 +96,7 @@ def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_
 
 def _experiments() -> dict[str, dict[str, float]]:
     """Notebook 06's results table: {variant: {"steps", "err", "fd", "conf"}}."""
-    text = printed("06_experiments", "header = (")
+    text = printed("09_experiments", "header = (")
     return {name.strip(): {"steps": float(steps), "err": float(err), "fd": float(fd), "conf": float(conf)}
             for name, steps, err, fd, conf in re.findall(
                 r"^([a-zA-Z][\w ,-]+?)\s+(\d+)\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", text, re.M)}
@@ -128,46 +128,46 @@ def test_06_the_baseline_draws_digits_and_only_the_small_unet_falls_near_the_edg
 
 
 def test_06_exercises_locate_the_linear_schedule_and_epsilon_errors():
-    per_t = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("06_experiments", "# Solution 1:"))
+    per_t = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("09_experiments", "# Solution 1:"))
     assert all(linear <= base for _, base, linear in per_t), "the linear schedule's noise error is lower at every t"
-    x0 = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("06_experiments", "# Solution 2:"))
+    x0 = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("09_experiments", "# Solution 2:"))
     assert x0[-1][2] > 2 * x0[-1][1], "epsilon's image estimate is far worse at the noisiest t"
 
 
 def test_07_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale():
     rows = {w: (match, conf, fd) for w, match, conf, fd in numbers(
-        r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("07_conditional_generation", "scales = ("))}
+        r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("10_conditional_generation", "scales = ("))}
     assert rows[0.0][0] <= 30, "at w = 0 the label is ignored: near chance"
     assert rows[1.0][0] >= rows[0.0][0] + 40 and rows[2.0][0] >= rows[1.0][0], "guidance raises the label match"
     assert rows[2.0][1] > rows[0.0][1] + 10, "guidance raises the confident share"
     best = min(rows, key=lambda w: rows[w][2])
     assert best in (1.0, 2.0, 3.0) and rows[5.0][2] > rows[best][2], "FD is best at a moderate w, worse at 5"
-    more = numbers(r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("07_conditional_generation", "# Solution 3:"))
+    more = numbers(r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("10_conditional_generation", "# Solution 3:"))
     assert more[0][1] >= 90 and more[0][2] >= 90, "exercise 3: near the ceiling already at the lowest scale"
     assert more[0][3] < more[1][3] < more[2][3], "exercise 3: FD rises from the lowest scale to w = 3"
 
 
 def test_09_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
     grey = numbers(r"share of mid-grey pixels \(50-200\): MNIST ([\d.]+)%, Fashion ([\d.]+)%",
-                   printed("09_fashion_mnist", "ax.hist("))[0]
+                   printed("11_fashion_mnist", "ax.hist("))[0]
     assert grey[1] > 3 * grey[0], "section 1: many more mid-grey pixels"
     mnist, fashion = numbers(r"final training loss: MNIST ([\d.]+) \(\d+ steps\), Fashion-MNIST ([\d.]+)",
-                             printed("09_fashion_mnist", "mnist_run = "))[0]
+                             printed("11_fashion_mnist", "mnist_run = "))[0]
     assert fashion > mnist, "section 2: a higher loss than MNIST's"
     test_fashion, test_mnist = numbers(r"test loss: Fashion-MNIST ([\d.]+), MNIST ([\d.]+)",
-                                       printed("09_fashion_mnist", "# Solution 3:"))[0]
+                                       printed("11_fashion_mnist", "# Solution 3:"))[0]
     assert test_fashion > test_mnist, "exercise 3: harder on held-out images too"
     samples, tests = numbers(r"samples ([\d.]+) \(smallest [\d.]+\), real test images ([\d.]+)",
-                             printed("09_fashion_mnist", "# Solution 1:"))[0]
+                             printed("11_fashion_mnist", "# Solution 1:"))[0]
     assert samples > 0.8 * tests, "exercise 1: the samples are about as far from the training set as new images"
     sample_grey, data_grey = numbers(r"share of mid-grey pixels \(50-200\): samples ([\d.]+)%, training images ([\d.]+)%",
-                                     printed("09_fashion_mnist", "# Solution 2:"))[0]
+                                     printed("11_fashion_mnist", "# Solution 2:"))[0]
     assert sample_grey < data_grey, "exercise 2: fewer mid-grey pixels in the samples than in the data"
 
 
 def _flow_sweep() -> dict[tuple[str, int], float]:
     """Notebook 10's equal-compute table: {(sampler, NFE): mean FD}."""
-    text = printed("10_flow_matching", "summary_table = summarise(results)")
+    text = printed("08_flow_matching", "summary_table = summarise(results)")
     return {(name, int(nfe)): float(fd) for name, nfe, fd in
             re.findall(r"^(\w+)\s+\d+\s+(\d+)\s+([\d.]+) \(", text, re.M)}
 
@@ -182,17 +182,17 @@ def test_10_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
     assert fd[("heun", 18)] < fd[("euler", 20)] and abs(fd[("heun", 18)] / fd[("euler", 50)] - 1) < 0.15, \
         "5 Heun steps score about what 25 Euler steps do"
     budgets = numbers(r"at most\s+(\d+) evaluations: flow\s+([\d.]+) .*?DDPM\s+([\d.]+) .*?= ([\d.]+)",
-                      printed("10_flow_matching", "def best("))
+                      printed("08_flow_matching", "def best("))
     ratio = {int(b): r for b, _, _, r in budgets}
     assert 0.9 < ratio[10] < 1.1 and ratio[20] > 1.05 and ratio[100] < 0.95, "the summary's leads"
 
 
 def test_10_flow_trajectories_are_straighter_and_autoguidance_helps():
-    (flow,), (ddpm,) = numbers(r"straightness ([\d.]+)", printed("10_flow_matching", "def straightness("))
+    (flow,), (ddpm,) = numbers(r"straightness ([\d.]+)", printed("08_flow_matching", "def straightness("))
     assert flow > ddpm, "section 4: the flow model's trajectories are straighter"
     (with_fd, with_conf), (without_fd, without_conf) = numbers(r"FD ([\d.]+), confident ([\d.]+)%",
-                                                                printed("10_flow_matching", "# Solution 3:"))
+                                                                printed("08_flow_matching", "# Solution 3:"))
     assert without_fd > 3 * with_fd and without_conf < with_conf, "exercise 3"
     (u_mid, u_low), (ln_mid, ln_low) = numbers(r"([\d.]+)% in \[0.4, 0.6\], ([\d.]+)% below",
-                                               printed("10_flow_matching", "# Solution 1:"))
+                                               printed("08_flow_matching", "# Solution 1:"))
     assert ln_mid > u_mid and ln_low < u_low, "exercise 1"

@@ -18,12 +18,12 @@ from needs import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
-EXPECTED = ["01_data_pipeline", "02_forward_process_and_schedules", "03_unet", "04_train_ddpm", "05_sampling",
-            "06_experiments", "07_conditional_generation", "08_evaluating_samples", "09_fashion_mnist",
-            "10_flow_matching"]
+EXPECTED = ["01_data_pipeline", "02_forward_process_and_schedules", "03_unet", "04_train_ddpm",
+            "05_evaluating_samples", "06_sampling", "07_faster_sampling_and_guidance", "08_flow_matching",
+            "09_experiments", "10_conditional_generation", "11_fashion_mnist"]
 
 
-def test_the_ten_pairs_exist():
+def test_the_eleven_pairs_exist():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
     for py in NOTEBOOKS:
         assert py.with_suffix(".ipynb").is_file(), f"{py.name} has no .ipynb twin"

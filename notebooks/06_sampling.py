@@ -7,21 +7,26 @@
 # ---
 
 # %% [markdown]
-# # 05 · Sampling: DDPM, DDIM and what each step does
+# # 06 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 8 min 52 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** not executed yet.
 
 # %% [markdown]
-# Training taught the network to predict noise. Sampling runs the process backwards: start from
-# pure noise and remove a little of it at a time. This notebook uses the model trained in notebook
-# 04 (it trains it first if it is missing) and compares the two classic samplers:
+# Training taught the network to predict the noise in $x_t$ (as $v$, notebook 04). Sampling runs the
+# forward process of notebook 02 backwards: start from pure noise and remove a little of it at a
+# time. This notebook uses the model trained in notebook 04 (it trains it first if it is missing)
+# and the two classic samplers:
 #
-# - **DDPM** (Ho et al. 2020): 1,000 small stochastic steps, each one the reverse of a forward step.
-# - **DDIM** (Song et al. 2021): the same trained model, but large steps over a subsequence of
-#   timesteps; with $\eta = 0$ it is deterministic, with $\eta = 1$ it is DDPM on that subsequence.
+# - **DDPM** ([Ho et al. 2020](https://arxiv.org/abs/2006.11239)): 1,000 small stochastic steps,
+#   each one the reverse of a forward step.
+# - **DDIM** ([Song et al. 2021](https://arxiv.org/abs/2010.02502)): the same trained model, but large
+#   steps over a subsequence of timesteps; with $\eta = 0$ it is deterministic, with $\eta = 1$ it is
+#   DDPM on that subsequence.
 #
-# We look at speed against quality, the effect of $\eta$, autoguidance, EMA against raw weights, the
-# real reverse trajectory of a few digits, and interpolation between two noise seeds.
+# We write out both steps, then look at speed against quality (scored as in notebook 05), the effect
+# of $\eta$, EMA against raw weights, the real reverse trajectory of a few digits, and interpolation
+# between two noise seeds. Notebook 07 then makes sampling faster and better with a guide and a
+# higher-order solver.
 
 # %%
 import inspect
@@ -38,10 +43,10 @@ from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
 from helpers import data
 from helpers.losses import to_x0_and_eps
-from helpers.sampling import Autoguidance, DDIMSampler, ddim_pairs, sample
+from helpers.sampling import DDIMSampler, ddim_pairs, sample
 from helpers.training import noise_schedule
 
-PRESET = tutorial.setup("05_sampling")
+PRESET = tutorial.setup("06_sampling")
 cfg, run_state, summary = tutorial.trained_run(PRESET)
 T = cfg.num_timesteps
 ema_model, raw_model, schedule = run_state.ema.model, run_state.model, noise_schedule(cfg)
@@ -49,7 +54,56 @@ print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']},
       f"prediction {cfg.prediction!r}")
 
 # %% [markdown]
-# ## 1. DDIM's timesteps: explicit (t, t_prev) pairs
+# ## 1. The DDPM reverse step
+#
+# The forward process adds a little Gaussian noise at each step, $q(x_t \mid x_{t-1}) =
+# \mathcal N(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)$ with $\alpha_t = 1 - \beta_t$ (notebook 02). For
+# small $\beta_t$ the reverse step is Gaussian too. DDPM's sampler (Ho et al. 2020, algorithm 2)
+# takes its mean from the network's noise estimate $\hat\varepsilon = \varepsilon_\theta(x_t, t)$:
+#
+# $$x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\hat\varepsilon\Big)
+#   + \sigma_t z, \qquad z \sim \mathcal N(0, I),\quad
+#   \sigma_t^2 = \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t,$$
+#
+# and no noise at the last step ($t = 0$). In words: subtract the part of the predicted noise that
+# the forward step added, rescale, and add back a little fresh noise, the spread of
+# $q(x_{t-1} \mid x_t, x_0)$ (their eqs. 6-7). Written out as code:
+
+# %%
+def ddpm_step(x_t, eps_hat, t: int, z):
+    """x_{t-1} from x_t (Ho et al. 2020, algorithm 2, line 4, with sigma_t^2 = beta_tilde_t)."""
+    beta_t, alpha_t, ab_t = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
+    ab_prev = schedule.alpha_bars[t - 1] if t > 0 else 1.0
+    sigma_t = jnp.sqrt((1 - ab_prev) / (1 - ab_t) * beta_t)
+    mean = (x_t - beta_t / jnp.sqrt(1 - ab_t) * eps_hat) / jnp.sqrt(alpha_t)
+    return mean + sigma_t * z if t > 0 else mean
+
+
+# %% [markdown]
+# One such step on four test digits noised to $t = T/2$. The collection's samplers do not contain
+# this function: DDIM with $\eta = 1$ over all $T$ timesteps (section 3) is the same update written
+# with $\hat x_0$ and $\hat\varepsilon$, and `sample(..., sampler="ddpm")` is exactly that. The
+# printed difference checks it (the samplers also clip $\hat x_0$ to [-1, 1], which is left out here):
+
+# %%
+test_digits, _ = data.load_split("mnist", "test", limit=4)
+x0_real = data.to_model_range(jnp.asarray(test_digits))
+t_mid = T // 2
+t_batch = jnp.full((4,), t_mid)
+x_t = schedule.q_sample(x0_real, t_batch, jax.random.normal(jax.random.key(1), x0_real.shape))
+x0_hat, eps_hat = to_x0_and_eps(cfg.prediction, ema_model(x_t, t_batch, None), x_t, schedule, t_batch)
+z = jax.random.normal(jax.random.key(2), x_t.shape)
+x_ddpm = ddpm_step(x_t, eps_hat, t_mid, z)
+x_ddim1 = DDIMSampler(schedule, steps=T, eta=1.0).step(x_t, x0_hat, eps_hat, t_mid, t_mid - 1, noise=z)
+print(f"t = {t_mid} -> {t_mid - 1}: largest difference between algorithm 2 and DDIM (eta = 1) over all pixels: "
+      f"{float(jnp.max(jnp.abs(x_ddpm - x_ddim1))):.1e}; one step moves a pixel by "
+      f"{float(jnp.mean(jnp.abs(x_ddpm - x_t))):.3f} on average")
+
+# %% [markdown]
+# The two formulas agree to float32 rounding. One step changes little, so DDPM needs all $T = 1{,}000$
+# of them, one network evaluation each: the slow part that DDIM removes.
+#
+# ## 2. DDIM's timesteps: explicit (t, t_prev) pairs
 #
 # A DDIM sampler with $N$ steps visits $N$ evenly spaced timesteps from $T-1$ down to 0; each step
 # goes from $t$ to the next one, $t_{prev}$, and the last step goes to "-1", the clean image
@@ -59,7 +113,7 @@ print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']},
 print("DDIM-10 pairs (t, t_prev):", [tuple(int(v) for v in p) for p in ddim_pairs(T, 10)])
 
 # %% [markdown]
-# ## 2. One DDIM step
+# ## 3. One DDIM step
 #
 # Each step (Song et al. 2021, eq. 12) uses the network's output at $t$ twice. First it reads off
 # the clean image and the noise it believes are in $x_t$: $\hat x_0$ and $\hat\varepsilon$ (for a
@@ -104,7 +158,7 @@ tutorial.show(fig, "one_ddim_step")
 # remaining steps sharpen it. The whole loop is one `lax.scan` under `jit`: one compilation, no
 # Python between steps.
 #
-# ## 3. Steps against quality and time
+# ## 4. Steps against quality and time
 #
 # Same noise seed for every row, so differences come from the sampler alone.
 
@@ -138,9 +192,9 @@ tutorial.show(fig, "steps_vs_quality")
 # The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
 # digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different
 # digits, at ten times the cost of DDIM-100. Whether those are *better* digits is a question for
-# section 5.
+# section 6.
 #
-# ## 4. Eta: from deterministic DDIM to stochastic DDPM
+# ## 5. Eta: from deterministic DDIM to stochastic DDPM
 
 # %%
 etas = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -155,12 +209,12 @@ tutorial.show(fig, "eta_sweep")
 # a different digit from the same start. Some strokes come out a little rougher, because each large
 # step has to remove part of the noise it just added. Ten digits cannot tell us which row is better.
 #
-# ## 5. Measuring it: which sampler draws the best digits?
+# ## 6. Measuring it: which sampler draws the best digits?
 #
 # Ten digits per row are enough to see *what* changes, not *how often* a digit comes out
 # malformed. So we score a few hundred samples per setting with the independent MNIST classifier
-# of notebook 08: the share it classifies with confidence above 0.9 and the Frechet distance in its
-# feature space (lower is better; notebook 08 explains both). Every setting starts from the same
+# of notebook 05: the share it classifies with confidence above 0.9 and the Frechet distance in its
+# feature space (lower is better; notebook 05 explains both). Every setting starts from the same
 # noise, so the comparison is paired.
 
 # %%
@@ -212,7 +266,7 @@ tutorial.show(fig, "sampler_scores")
 # of about 2.3 points, so only differences of 5 points or more are clear):
 #
 # - **With $\eta = 0$, more steps barely help**: the confident share stays within two points from 25 to
-#   100 steps, and the Frechet distance improves only a little. This is what the grid in section 3
+#   100 steps, and the Frechet distance improves only a little. This is what the grid in section 4
 #   suggested.
 # - **$\eta = 1$ is better at 25 and 100 steps**: several points more confident samples and a
 #   clearly lower Frechet distance. At 50 steps $\eta = 1$ is a few points more confident but no lower
@@ -220,203 +274,17 @@ tutorial.show(fig, "sampler_scores")
 # - **DDPM-1000 scores about like DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
 #   subsequence), at ten times the network evaluations.
 # - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
-#   score at N = 1,000 (the distance shrinks with N; notebook 08), so compare these distances only
+#   score at N = 1,000 (the distance shrinks with N; notebook 05), so compare these distances only
 #   with each other, never with the Results page's.
 # - Why fresh noise helps: a deterministic sampler carries every early mistake of an imperfect model
 #   through to the end, along one path; injecting noise and removing it again lets later steps,
 #   where the model is more accurate, correct those mistakes. The better the model, the smaller the
 #   gain (DDIM's authors found $\eta = 0$ best for fully trained models at few steps).
 #
-# This is why the `cpu` preset samples stochastically (DDIM with $\eta = 1$ here, a stochastic
-# DPM-Solver++ in section 7): a measured choice for a model trained for 20 minutes, not a rule.
-# Lesson learned while building this tutorial: we first compared only step counts at $\eta = 0$,
-# found them all alike and concluded that "sampling is not the bottleneck"; scoring $\eta$ as well
-# proved that wrong.
+# This is one reason the `cpu` preset samples stochastically, a measured choice for a model trained
+# for 20 minutes, not a rule; notebook 07 goes further, with a guide and a faster solver.
 #
-# ## 6. Autoguidance: guiding the model with a weaker version of itself
-#
-# Section 5 tuned the sampler around one fixed network. Autoguidance (Karras et al. 2024, "Guiding
-# a diffusion model with a bad version of itself") changes what the network says at every step. Take
-# a *weaker* model $D_0$ that makes the same kinds of mistakes as ours, $D_1$, only more of them,
-# and use
-#
-# $$\text{out} = D_0(x_t, t) + w\,\big(D_1(x_t, t) - D_0(x_t, t)\big), \qquad w > 1.$$
-#
-# The difference $D_1 - D_0$ points from "what an undertrained model believes" towards "what more
-# training taught", and $w > 1$ goes further in that direction. It is the same extrapolation as
-# classifier-free guidance (notebook 07), but it needs no labels, so it works for our unconditional
-# model. The weak model costs nothing extra here: training kept a frozen copy of the EMA weights
-# at about 15% of the run (`guide_fraction`), and `sample(..., autoguidance=Autoguidance(guide, w))` runs
-# both networks at every step (so sampling takes twice as long). $w = 1$ is the plain model
-# (`autoguidance=None`: the guide is not run at all).
-
-# %%
-if run_state.guide is not None and run_state.guide.step >= 0:
-    guide = run_state.guide.model
-    print(f"guide: the EMA weights at step {run_state.guide.step} of {summary['steps']}")
-else:  # e.g. the paper preset, trained without guide_fraction: every w below then equals w = 1
-    guide = None
-    print("this run kept no guide model (train with guide_fraction set): autoguidance is off below")
-
-
-def guided(w: float):
-    """Autoguidance at weight w with the run's guide; None (the plain model) at w = 1 or without a guide."""
-    return None if guide is None or w == 1 else Autoguidance(guide, w)
-
-
-ws = sorted({1.0, 1.5, cfg.autoguidance_scale, 3.0})
-rows = {} if guide is None else {"the guide alone": sample(guide, schedule, key, ncols, steps=cfg.sample_steps,
-                                                            eta=cfg.eta, prediction=cfg.prediction)}
-rows.update({f"w = {w:g}" + (" (the final model alone)" if w == 1 else ""):
-             sample(ema_model, schedule, key, ncols, steps=cfg.sample_steps, eta=cfg.eta,
-                    prediction=cfg.prediction, autoguidance=guided(w)) for w in ws})
-fig = tutorial.plot_image_rows(rows)
-tutorial.show(fig, "autoguidance_rows")
-
-# %%
-ag_ws = sorted({1.0, 1.5, 2.0, cfg.autoguidance_scale, 2.5, 3.0})
-ag_scores = {}
-print(f"DDIM-{cfg.sample_steps}, eta = {cfg.eta:g}, {n_score} samples per setting, the same noise for all")
-print(f"{'w':>5s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-max':>16s}")
-for w in ag_ws:
-    t0 = time.perf_counter()
-    x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=cfg.sample_steps, eta=cfg.eta,
-                          prediction=cfg.prediction, autoguidance=guided(w)))
-    dt = time.perf_counter() - t0
-    q = ag_scores[w] = evaluator.evaluate(x)
-    print(f"{w:>5g} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%} "
-          f"{q['min_class_share']:7.1%} - {q['max_class_share']:.1%}")
-
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-axes[0].plot(ag_ws, [100 * ag_scores[w]["confident_share"] for w in ag_ws], "o-")
-axes[1].plot(ag_ws, [ag_scores[w]["frechet_distance"] for w in ag_ws], "o-")
-axes[0].set(xlabel="autoguidance weight w (1 = off)", ylabel="% classified with confidence > 0.9")
-axes[1].set(xlabel="autoguidance weight w (1 = off)", ylabel="Frechet distance (lower is better)")
-fig.tight_layout()
-tutorial.show(fig, "autoguidance_scores")
-
-# %% [markdown]
-# What autoguidance does, in the rows above (same noise, same sampler noise; the top row is the
-# guide alone, then the final model alone, then guided with growing $w$). The guide draws thin,
-# broken or ambiguous shapes; the final model draws better ones but still some malformed digits;
-# with guidance most of those are repaired (the third and seventh columns become clean 3s, the ninth
-# a 4, the last a 6), sometimes into another digit than the unguided shape suggested. Between $w = 2$
-# and 3 most columns keep their digit (the first turns into a 0), with bolder strokes at 3.
-#
-# The scores (300 samples per $w$; standard error about 1.7 points near 90% confident):
-#
-# - **The confident share jumps** by about ten points at $w = 1.5$ and keeps rising slowly, to
-#   94-96% from $w = 2$ on.
-# - **The Frechet distance falls to less than a third**, to its lowest at $w = 2$, then rises again
-#   as the stronger extrapolation pushes the digits past the real ones (bolder, more uniform strokes).
-# - **No class is lost**: every class keeps between 6% and 14% of the samples at every $w$, so the
-#   gain is not the classifier being confident on one easy digit.
-#
-# The `cpu` preset uses $w = 2$, chosen on 1,000 samples of the main job's runs with several noise
-# seeds (the docs' Results page): with the preset's batch of 64, $w = 2.25$ gave a higher Frechet
-# distance than $w = 2$ at the same confident share. Why does a worse model help? Karras et
-# al. argue that an under-trained model errs in the same directions as a well-trained one, only
-# more: the difference between the two points away from those errors, towards the typical digits.
-# The guide must be a version of *the same* model, so that both make the same kinds of mistakes;
-# here it is the EMA weights at about 15% of the run (`guide_fraction`). The price is a second network
-# evaluation at every step.
-#
-# ## 7. Fewer network evaluations: DPM-Solver++ and a guidance interval
-#
-# DDIM and DDPM are first-order samplers: each step trusts only the network's estimate at its own
-# $t$. DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of diffusion
-# probabilistic models") writes the reverse process in $\lambda_t = \log(\alpha_t / \sigma_t)$, half
-# the log signal-to-noise ratio ($\alpha_t = \sqrt{\bar\alpha_t}$, $\sigma_t = \sqrt{1 - \bar\alpha_t}$),
-# where its linear part integrates exactly. With $h = \lambda_{t_{prev}} - \lambda_t$, one step is
-#
-# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-h})\,D .$$
-#
-# With $D = \hat x_0$ this is exactly DDIM with $\eta = 0$. The **2M** solver ("second order,
-# multistep") instead extrapolates $\hat x_0$ along $\lambda$ from this step's estimate and the
-# previous step's: $D = (1 + \tfrac{1}{2r})\,\hat x_0(t) - \tfrac{1}{2r}\,\hat x_0(t_{before})$ with
-# $r = h_{before} / h$. That is second-order accuracy for the price of one network evaluation per
-# step, as DDIM's. Its **SDE** form (same paper) adds fresh noise, as $\eta = 1$ does for DDIM:
-#
-# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,e^{-h}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-2h})\,D +
-#   \sigma_{t_{prev}}\sqrt{1 - e^{-2h}}\,z .$$
-#
-# The solver visits timesteps evenly spaced in $\lambda$, not in $t$: on DDIM's even $t$ the last
-# steps are long jumps in $\lambda$, where a straight-line extrapolation overshoots. The tests check
-# all of this on data whose ideal denoiser is known in closed form (Gaussian data): every sampler
-# draws the right variance, and at 10 steps DPM-Solver++ is closer than DDIM. Here is the step as
-# `helpers` runs it inside the same `lax.scan` as DDIM:
-
-# %%
-from helpers.sampling import DPMSolverPP, lambda_pairs, make_sampler, network_evaluations
-
-print(inspect.getsource(DPMSolverPP.step))
-print("DPM-Solver++ with 10 steps visits t =", lambda_pairs(schedule, 10)[:, 0].tolist())
-
-# %% [markdown]
-# Autoguidance doubles the price of every step. Kynkaanniemi et al. (2024, "Applying guidance in a
-# limited interval improves sample and distribution quality") found that guidance helps at middle
-# noise levels only: at high noise it pulls every sample towards the same few shapes, at low noise
-# it does little. `Autoguidance(guide, w, interval=(t_low, t_high))` runs the guide only at
-# $t_{low} \le t \le t_{high}$, and a step outside it costs one network evaluation. Their interval,
-# $0.28 < \sigma \le 2.9$ in EDM's noise levels ($\sigma = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$),
-# is $167 \le t \le 785$ of our cosine schedule. Network evaluations per sample:
-
-# %%
-interval = (167, 785) if T == 1000 else (T // 6, 4 * T // 5)
-print(f"{'setting':34s} {'guided everywhere':>17s} {'in the interval':>15s} {'unguided':>8s}")
-for name, steps_e in (("ddim", 100), ("ddim", 50), ("dpmpp_2m_sde", 25), ("dpmpp_2m_sde", 10)):
-    smp = make_sampler(schedule, name, min(steps_e, T), 1.0)
-    print(f"{name + '-' + str(smp.steps):34s} {network_evaluations(smp, guided=True):17d} "
-          f"{network_evaluations(smp, interval, guided=True):15d} {network_evaluations(smp):8d}")
-
-# %% [markdown]
-# Which of these draws the best digits per network evaluation? `benchmarks/sampler_sweep.py`
-# answers it on a 20-minute `cpu` run: 1,000 samples per setting (the main job's N, so the
-# Frechet distances compare with the Results page), autoguidance $w = 2$ everywhere, in the
-# interval, or off. Its results are committed with the run, machine and commit that made them:
-
-# %%
-import json
-
-sweep = json.loads((tutorial.ROOT / "docs" / "assets" / "sampler_sweep.json").read_text())
-print(f"benchmarks/sampler_sweep.py on {sweep['run']} (step {sweep['steps']:,}), {sweep['machine']}, "
-      f"commit {sweep['commit']}")
-rows = sorted((r for r in sweep["rows"] if r["n"] == 1000), key=lambda r: (r["sampler"], r["guidance"], r["nfe"]))
-print(f"{'setting':30s} {'NFE':>5s} {'seconds':>8s} {'FD':>7s} {'confident':>9s}  classes")
-for r in rows:
-    print(f"{r['setting']:30s} {r['nfe']:5d} {r['seconds']:8.1f} {r['fd']:7.2f} {r['confident']:9.1%}  "
-          f"{r['min_class']:.1%}-{r['max_class']:.1%}  (seed {r['seed']})")
-
-# %%
-fig, ax = plt.subplots(figsize=(8, 4.5))
-for line in sorted({(r["sampler"], r["eta"], r["guidance"]) for r in rows}):
-    mine = [r for r in rows if (r["sampler"], r["eta"], r["guidance"]) == line]
-    nfes = sorted({r["nfe"] for r in mine})
-    fds = [np.mean([r["fd"] for r in mine if r["nfe"] == k]) for k in nfes]
-    label = f"{line[0]}{' eta=%g' % line[1] if line[0] == 'ddim' else ''}, guidance {line[2]}"
-    ax.plot(nfes, fds, "o-", label=label)
-ax.set(xscale="log", xlabel="network evaluations per sample", ylabel="Frechet distance (lower is better)")
-ax.grid(alpha=0.3)
-ax.legend(fontsize=7)
-fig.tight_layout()
-tutorial.show(fig, "sampler_sweep")
-
-# %% [markdown]
-# What the sweep shows (the table above; at N = 1,000 the Frechet distance of one setting moves by
-# several points between noise seeds, so the settings that compare closely were drawn with three):
-#
-# - **Half the network evaluations for the same digits.** DPM-Solver++(2M) SDE with 50 steps and
-#   DDIM-50 with $\eta = 1$, both guided at every step (100 evaluations), score within the seeds'
-#   range of DDIM-100 (200 evaluations). The `cpu` preset now samples with the first.
-# - **Fewer still is not free**: at 70 evaluations and below, the confident share drops.
-# - **Stochastic beats deterministic again**: the SDE form against the ODE form, $\eta = 1$ against
-#   $\eta = 0$, as section 5 found for DDIM.
-# - **The guidance interval hurts this model**: guiding only in the middle noise levels raises the
-#   Frechet distance well above guiding everywhere, and so does skipping only the low-noise steps.
-#   What helped ImageNet does not transfer as it is; that is why it is measured, not assumed.
-#
-# ## 8. EMA weights against raw weights
+# ## 7. EMA weights against raw weights
 
 # %%
 x_ema = sample(ema_model, schedule, key, 20, steps=steps, prediction=cfg.prediction)
@@ -431,7 +299,7 @@ tutorial.show(fig, "ema_vs_raw")
 # training, when the raw weights still jump around: that is when the EMA pays off (and why the
 # scripts always sample from it).
 #
-# ## 9. The reverse trajectory
+# ## 8. The reverse trajectory
 #
 # What the sampler actually does: $x_t$ after each step (top rows) and, at the same steps, the
 # model's current guess of the clean image $\hat x_0$ (bottom rows).
@@ -458,7 +326,7 @@ gif = save_trajectory_gif(xs, tutorial.tutorial_run_dir(PRESET) / "trajectory.gi
 tutorial.show_gif(gif, alt="reverse process animation")
 
 # %% [markdown]
-# ## 10. Interpolating between two noise seeds
+# ## 9. Interpolating between two noise seeds
 #
 # DDIM with $\eta = 0$ is a deterministic function from noise to images, so we can walk between two
 # starting points and watch one digit turn into another. The walk must be spherical (`slerp`): a
@@ -501,16 +369,12 @@ tutorial.show(fig, "interpolation")
 # construction; this model is simply not very sensitive to the difference for these two seeds.
 #
 # ## Summary
-# - DDIM needs far fewer steps than DDPM's 1,000; with $\eta = 0$, 25 steps score about as well as
-#   100, and DDIM-10 is a fast preview. DDPM-1000 scores about like DDIM-100 with $\eta = 1$.
-# - Measure, don't eyeball: for a briefly trained model, stochastic sampling ($\eta = 1$) scores
-#   better than deterministic DDIM. Sample from the EMA weights.
-# - DPM-Solver++(2M) reuses the previous step's estimate for second-order accuracy at one network
-#   evaluation per step; its SDE form with 50 steps and autoguidance (100 evaluations) draws digits
-#   as good as DDIM-100's (200), and is what the `cpu` preset samples with.
-# - Autoguidance with the run's own early EMA weights repairs malformed digits: a much higher
-#   confident share and less than half the Frechet distance here, for two network evaluations per
-#   step.
+# - DDPM's reverse step (algorithm 2) subtracts the predicted noise and adds a little fresh noise;
+#   it needs all 1,000 steps. DDIM's step (eq. 12) rebuilds $x_{t_{prev}}$ from $\hat x_0$ and
+#   $\hat\varepsilon$, so it can jump over timesteps; with $\eta = 1$ on every timestep it is DDPM.
+# - DDIM needs far fewer steps than DDPM's 1,000: DDIM-10 is a fast preview.
+# - Measure, don't eyeball: section 6 scores step counts and $\eta$ on the same noise.
+# - Sample from the EMA weights.
 # - The model decides the digit early and refines it late; slerp walks between noise seeds.
 
 # %% [markdown]
@@ -519,33 +383,24 @@ tutorial.show(fig, "interpolation")
 # Each takes a minute or less at the `cpu` preset; the solutions are in collapsed cells (click to
 # expand).
 #
-# 1. Score DDIM-25 with $\eta = 0.5$ on section 5's noise. Where does it land between $\eta = 0$
-#    and $\eta = 1$?
-# 2. Score the guide alone, as section 6 sampled it. How far below the final model does it score,
-#    and why can extrapolating away from it still help?
-# 3. Noise four real test digits to $t = T/2$ with `q_sample` and ask the model once for
+# 1. Score DDIM-25 with $\eta = 0.5$ on section 6's noise. Does it land between $\eta = 0$ and
+#    $\eta = 1$?
+# 2. Noise four real test digits to $t = T/2$ with `q_sample` and ask the model once for
 #    $\hat x_0$. How close is one network call to the clean digit?
 
 # %% jupyter={"source_hidden": true}
-# Solution 1: the same 300 samples' noise as section 5, eta = 0.5.
-x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=min(25, T), eta=0.5,
+# Solution 1: the same samples' noise as section 6, eta = 0.5; each score compared with eta = 0 and 1.
+x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=score_steps[0], eta=0.5,
                       prediction=cfg.prediction))
 q = evaluator.evaluate(x)
-print(f"DDIM-{min(25, T)}, eta = 0.5: FD {q['frechet_distance']:.1f}, {q['confident_share']:.1%} confident "
-      f"(eta = 0 and 1 in section 5's table)")
+for name, key_ in (("FD", "frechet_distance"), ("confident share", "confident_share")):
+    ends = sorted((scores[(score_steps[0], 0.0)][key_], scores[(score_steps[0], 1.0)][key_]))
+    where = "between them" if ends[0] <= q[key_] <= ends[1] else ("below both" if q[key_] < ends[0] else "above both")
+    print(f"DDIM-{score_steps[0]} {name}: eta = 0.5 gives {q[key_]:.3f}, {where} "
+          f"(eta = 0: {scores[(score_steps[0], 0.0)][key_]:.3f}, eta = 1: {scores[(score_steps[0], 1.0)][key_]:.3f})")
 
 # %% jupyter={"source_hidden": true}
-# Solution 2: the guide makes the same kinds of mistakes as the final model, only more of them; the
-# difference between the two points away from those mistakes (section 6).
-if guide is not None:
-    q = evaluator.evaluate(np.asarray(sample(guide, schedule, jax.random.key(21), n_score, steps=cfg.sample_steps,
-                                             eta=cfg.eta, prediction=cfg.prediction)))
-    print(f"the guide alone (EMA weights at step {run_state.guide.step}): FD {q['frechet_distance']:.1f}, "
-          f"{q['confident_share']:.1%} confident; the final model alone: FD {ag_scores[1.0]['frechet_distance']:.1f}, "
-          f"{ag_scores[1.0]['confident_share']:.1%}")
-
-# %% jupyter={"source_hidden": true}
-# Solution 3: one call at t = T/2 already recovers each digit's shape, blurred.
+# Solution 2: one call at t = T/2 already recovers each digit's shape, blurred.
 x0_real = data.to_model_range(jnp.asarray(test_images[:4]))
 t_half = jnp.full((4,), T // 2)
 x_half = schedule.q_sample(x0_real, t_half, jax.random.normal(jax.random.key(9), x0_real.shape))

@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 10 · Flow matching: the same digits along a straight path
+# # 08 · Flow matching: the same digits along a straight path
 #
 # > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-05, commit 5bd0c72; the notebook took 24 min 12 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
@@ -50,7 +50,7 @@ from helpers.runs import autoguidance_of, draw_samples
 from helpers.sampling import flow_step, make_sampler, network_evaluations
 from helpers.training import noise_schedule, train_step
 
-PRESET = tutorial.setup("10_flow_matching")
+PRESET = tutorial.setup("08_flow_matching")
 
 # %% [markdown]
 # ## 1. Two paths from a digit to noise
@@ -132,7 +132,8 @@ tutorial.show(fig, "flow_times")
 # ## 3. Training at notebook 04's budget
 #
 # The run uses the preset of notebook 04 with four fields changed: the objective, uniform weights
-# (no min-SNR), and Heun's sampler with 25 steps for the samples drawn at the end. Like notebook 04's
+# (no min-SNR), and Heun's sampler with 25 steps for the samples drawn at the end (`FLOW` also sets
+# `prediction="v"`, which the `cpu` preset already has: a flow-matching run requires it). Like notebook 04's
 # run it is saved under `runs/` and reused when it is there.
 
 # %%
@@ -246,11 +247,12 @@ tutorial.show(fig, "few_steps")
 # ## 5. Flow matching against DDPM at equal training compute
 #
 # Both runs trained the same network for the same steps on the same batches, so they cost the same.
-# We score each with the measures of notebook 08 (Fréchet distance in the evaluation classifier's
+# We score each with the measures of notebook 05 (Fréchet distance in the evaluation classifier's
 # feature space, [Heusel et al. 2017](https://arxiv.org/abs/1706.08500); the share of samples the
 # classifier is confident about; the smallest and largest class share) on $N = 1000$ samples, for
-# three sampling seeds, against the network evaluations per sample. Every sampler uses its run's
-# autoguidance (scale 2), which doubles each evaluation. DDPM is sampled with deterministic DDIM and
+# three sampling seeds, against the network evaluations per sample (NFE, the table's column). Every
+# sampler uses its run's autoguidance (notebook 07; the preset's `autoguidance_scale`, 2), which
+# doubles the network evaluations per step. DDPM is sampled with deterministic DDIM and
 # with DPM-Solver++(2M) SDE, the preset's sampler.
 
 # %%
@@ -390,5 +392,5 @@ for ag in (guidance, None):
           f"confident {f['confident_share']:.1%}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# Autoguidance helps the flow model as much as it helps DDPM (notebook 05): without the guide the
+# Autoguidance helps the flow model as much as it helps DDPM (notebook 07): without the guide the
 # Fréchet distance is more than three times as large and fewer samples are confident digits.

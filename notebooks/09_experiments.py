@@ -7,12 +7,12 @@
 # ---
 
 # %% [markdown]
-# # 06 · Experiments at equal compute
+# # 09 · Experiments at equal compute
 #
 # > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 38 min 22 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
-# The reference tutorial lists experiments to try (cosine vs linear schedule, Huber vs MSE,
+# The reference tutorial (Artifex's ["Training a Diffusion Model on MNIST"](https://docs.avitai.bio/artifex/examples/basic/diffusion-mnist)) lists experiments to try (cosine vs linear schedule, Huber vs MSE,
 # epsilon vs v-prediction, min-SNR weighting, model size) but runs none of them. Here we run them
 # for real, with the **same compute budget** for every variant. That is the fair comparison for a
 # reader with a fixed budget: a larger model gets fewer steps, a cheaper one more. Huber vs MSE is
@@ -23,7 +23,7 @@
 # - a **held-out denoising error**: the MSE between the true and predicted noise on test digits,
 #   with every model's output converted to a noise prediction. Training losses are *not*
 #   comparable (v vs epsilon targets, weighted vs not); this is.
-# - **sample quality** from the independent classifier of notebook 08: Frechet distance in its
+# - **sample quality** from the independent classifier of notebook 05: Frechet distance in its
 #   feature space (lower is better) and the share of samples it classifies with confidence > 0.9.
 
 # %%
@@ -44,7 +44,7 @@ from helpers.training import noise_schedule
 
 from helpers.unet import count_params, create_unet
 
-PRESET = tutorial.setup("06_experiments")
+PRESET = tutorial.setup("09_experiments")
 TINY = PRESET == "tiny"
 BUDGET_MINUTES = 4.5  # training time of each variant on a CPU (the tiny preset: 8 steps each)
 NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
@@ -52,9 +52,9 @@ NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
 # %% [markdown]
 # ## 1. The variants
 #
-# Five minutes of the `cpu` preset, sampled with autoguidance, already draw recognisable digits (the
-# Results page's "How long should I train?" curve). These runs skip the guide, which would cost each
-# variant part of its budget, and every variant gets 4.5 minutes: long enough that the baseline draws
+# Sample quality grows quickly with training time at first (the docs' Results page measures it from
+# 5 to 40 minutes). These runs sample without autoguidance, so that each score measures the trained
+# network alone, and every variant gets 4.5 minutes: long enough that the baseline draws
 # digits (with scribbles among them), short enough that seven runs fit in about forty minutes. The
 # baseline is trained twice, with two seeds, so that the table shows how far two runs of the *same*
 # recipe land apart: a difference between variants smaller than that is noise.
@@ -102,15 +102,15 @@ for name, change in variants.items():
 
 # %% [markdown]
 # The small UNet (8/16/32) has about a quarter of the baseline's parameters and the large one
-# (32/64/128, the `cpu` preset of an earlier version) about four times as many; what that costs per
+# (32/64/128) about four times as many; what that costs per
 # step shows in the images/s column of the results below.
 #
 # ## 3. Training every variant
 #
 # Runs are saved under `runs/experiments-<preset>/`; a finished variant is reused when the
 # notebook is run again. Each run ends by drawing its samples with the EMA weights and the preset's
-# sampler (`samples.npy` in the run folder), without autoguidance, since autoguidance needs a guide
-# model that would cost each variant part of its budget; we score those.
+# sampler (`samples.npy` in the run folder), without autoguidance (section 1 says why); we score
+# those.
 
 # %%
 def denoising_error(model, schedule, prediction, x0, key, batch_size=500):
@@ -211,8 +211,8 @@ tutorial.show(fig, "variants_side_by_side")
 #   width is chosen for the 20-minute run, where the Results page compares the sizes at full length.
 # - **Min-SNR weighting does not show in the confident share at this budget**: uniform weighting
 #   lands within a point of the baseline's, and its FD above both seeds', by less than the two
-#   seeds' own gap. Its purpose (Hang et al. 2023) is faster convergence of the middle noise
-#   levels, which a 20-minute run measures better than a 4-minute one.
+#   seeds' own gap. Its purpose ([Hang et al. 2023](https://arxiv.org/abs/2303.09556); notebook 04, section 6) is faster convergence of the middle noise
+#   levels, which a 20-minute run measures better than a 4.5-minute one.
 # - **The seed decides the digit, the recipe how clean it is**: the same column looks alike in most
 #   rows, because those variants start from the same noise and draw the same sampler noise. The
 #   second seed's row differs entirely (another initialisation and another noise), and the linear

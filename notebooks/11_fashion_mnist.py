@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 09 · The same pipeline on Fashion-MNIST
+# # 11 · The same pipeline on Fashion-MNIST
 #
 # > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit eff025f; the notebook took 11 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
@@ -38,7 +38,7 @@ from helpers.plotting import plot_samples, plot_training_curve
 from helpers.runs import draw_samples
 from helpers.training import noise_schedule
 
-PRESET = tutorial.setup("09_fashion_mnist")
+PRESET = tutorial.setup("11_fashion_mnist")
 TINY = PRESET == "tiny"
 
 # %% [markdown]
@@ -78,9 +78,9 @@ print(f"mean pixel: MNIST {mnist.mean():.1f}, Fashion-MNIST {images.mean():.1f};
 #
 # ## 2. Training, unchanged except for the dataset
 #
-# The preset's recipe with half its steps on a CPU (4,500 instead of 9,000: about 10 minutes on two
-# cores, where the MNIST tutorial run trains for 20). The preset's
-# autoguidance (notebook 05) is turned off here: it was measured on digits only, and the samples
+# The preset's recipe with half its steps (4,500 of 9,000; the time it took is printed below, where
+# the MNIST tutorial run trains for about 20 minutes). The preset's
+# autoguidance (notebook 07) is turned off here: it was measured on digits only, and the samples
 # below show what the training alone gives.
 
 # %%
@@ -131,9 +131,9 @@ tutorial.show(fig, "samples")
 # - **Data**: one word (`dataset="fashion_mnist"`) and, offline, its own manual folder.
 # - **Difficulty**: grey levels and texture instead of near-binary strokes: higher loss, slower to
 #   sharpen.
-# - **Evaluation**: the classifier of notebook 08 knows digits only; a Fashion-MNIST evaluation
+# - **Evaluation**: the classifier of notebook 05 knows digits only; a Fashion-MNIST evaluation
 #   needs its own classifier trained the same way (`helpers.metrics` is written for MNIST, and
-#   `train.py` skips the quality figures for Fashion-MNIST rather than report meaningless ones).
+#   `scripts/train.py`, through `helpers.runs.train_run`, skips the quality figures for Fashion-MNIST rather than report meaningless ones).
 
 #
 # ## Exercises
@@ -145,7 +145,7 @@ tutorial.show(fig, "samples")
 # 2. Section 1 measured the share of mid-grey pixels. Do the samples have as many as the data?
 # 3. The training losses of section 2 are averages over the last batches of two runs of different
 #    lengths. Measure both models' loss on 1,000 *test* images of their own dataset, with the same
-#    timesteps and noise (the MNIST run still trained twice as long).
+#    timesteps and noise (the MNIST run trained twice as many steps: section 2 prints both).
 
 # %% jupyter={"source_hidden": true}
 # Solution 1: nearest-neighbour distances in pixel space (images in [-1, 1]).

@@ -1,0 +1,270 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Faster sampling and guidance: autoguidance, DPM-Solver++, quality per network evaluation
+#
+# > **Run record:** not executed yet.
+
+# %% [markdown]
+# Notebook 06 sampled the trained model with DDPM and DDIM and scored the digits. This notebook
+# changes two things. **What the network says** at every step: autoguidance
+# ([Karras et al. 2024](https://arxiv.org/abs/2406.02507)) extrapolates away from a weaker version of
+# the same model. **How many steps** are needed: DPM-Solver++
+# ([Lu et al. 2022](https://arxiv.org/abs/2211.01095)) is a second-order solver at the cost of DDIM,
+# and a guidance interval ([Kynkaanniemi et al. 2024](https://arxiv.org/abs/2404.07724)) skips the
+# guide where it may not help. Then we measure quality per network evaluation on notebook 04's run,
+# the measurement that chose the `cpu` preset's sampler (there on the main job's runs). Scores are notebook 05's: Frechet distance (FD,
+# lower is better) and the share of samples the classifier labels with confidence above 0.9.
+
+# %%
+import inspect
+import time
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import helpers  # noqa: F401
+import tutorial  # notebooks/tutorial/: what the notebooks share
+from helpers.metrics import get_evaluator
+from helpers.sampling import Autoguidance, DPMSolverPP, lambda_pairs, make_sampler, network_evaluations, sample
+from helpers.training import noise_schedule
+
+PRESET = tutorial.setup("07_faster_sampling_and_guidance")
+cfg, run_state, summary = tutorial.trained_run(PRESET)
+T = cfg.num_timesteps
+ema_model, schedule = run_state.ema.model, noise_schedule(cfg)
+evaluator = get_evaluator(quick=PRESET == "tiny")
+n_score = 32 if PRESET == "tiny" else 300
+ncols = 10
+print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']}, T = {T}; "
+      f"the preset samples with {cfg.sampler}-{cfg.sample_steps}, autoguidance w = {cfg.autoguidance_scale:g}")
+
+# %% [markdown]
+# ## 1. Autoguidance: guiding the model with a weaker version of itself
+#
+# Notebook 06 tuned the sampler around one fixed network. Autoguidance (Karras et al. 2024, "Guiding
+# a diffusion model with a bad version of itself") changes what the network says at every step. Take
+# a *weaker* model $D_0$ that makes the same kinds of mistakes as ours, $D_1$, only more of them,
+# and use
+#
+# $$\text{out} = D_0(x_t, t) + w\,\big(D_1(x_t, t) - D_0(x_t, t)\big), \qquad w > 1.$$
+#
+# The difference $D_1 - D_0$ points from "what an undertrained model believes" towards "what more
+# training taught", and $w > 1$ goes further in that direction. It is the same extrapolation as
+# classifier-free guidance (notebook 10), but it needs no labels, so it works for our unconditional
+# model. The weak model costs nothing extra here: training kept a frozen copy of the EMA weights
+# at about 15% of the run (`guide_fraction`), and `sample(..., autoguidance=Autoguidance(guide, w))` runs
+# both networks at every step (so sampling takes twice as long). $w = 1$ is the plain model
+# (`autoguidance=None`: the guide is not run at all).
+
+# %%
+if run_state.guide is not None and run_state.guide.step >= 0:
+    guide = run_state.guide.model
+    print(f"guide: the EMA weights at step {run_state.guide.step} of {summary['steps']}")
+else:  # e.g. the paper preset, trained without guide_fraction: every w below then equals w = 1
+    guide = None
+    print("this run kept no guide model (train with guide_fraction set): autoguidance is off below")
+
+
+def guided(w: float, interval=None):
+    """Autoguidance at weight w with the run's guide; None (the plain model) at w = 1 or without a guide."""
+    return None if guide is None or w == 1 else Autoguidance(guide, w, interval)
+
+
+# every row: DDIM-50 with eta = 1 (notebook 06), the same noise
+steps, eta, key = min(50, T), 1.0, jax.random.key(5)
+ws = sorted({1.0, 1.5, cfg.autoguidance_scale, 3.0})
+rows = {} if guide is None else {"the guide alone": sample(guide, schedule, key, ncols, steps=steps, eta=eta,
+                                                            prediction=cfg.prediction)}
+rows.update({f"w = {w:g}" + (" (the final model alone)" if w == 1 else ""):
+             sample(ema_model, schedule, key, ncols, steps=steps, eta=eta, prediction=cfg.prediction,
+                    autoguidance=guided(w)) for w in ws})
+fig = tutorial.plot_image_rows(rows)
+tutorial.show(fig, "autoguidance_rows")
+
+# %% [markdown]
+# The rows share their starting noise and their sampler noise; the top row is the guide alone, then
+# the final model alone, then guided with growing $w$. (Read the figure: the prose below it is
+# checked against it.)
+#
+# AUTOGUIDANCE_ROWS_READING
+
+# %%
+ag_ws = sorted({1.0, 1.5, 2.0, cfg.autoguidance_scale, 2.5, 3.0})
+ag_scores = {}
+print(f"DDIM-{steps}, eta = {eta:g}, {n_score} samples per setting, the same noise for all")
+print(f"{'w':>5s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s} {'classes min-max':>16s}")
+for w in ag_ws:
+    t0 = time.perf_counter()
+    x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=steps, eta=eta,
+                          prediction=cfg.prediction, autoguidance=guided(w)))
+    dt = time.perf_counter() - t0
+    q = ag_scores[w] = evaluator.evaluate(x)
+    print(f"{w:>5g} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confident_share']:10.1%} "
+          f"{q['min_class_share']:7.1%} - {q['max_class_share']:.1%}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+axes[0].plot(ag_ws, [100 * ag_scores[w]["confident_share"] for w in ag_ws], "o-")
+axes[1].plot(ag_ws, [ag_scores[w]["frechet_distance"] for w in ag_ws], "o-")
+axes[0].set(xlabel="autoguidance weight w (1 = off)", ylabel="% classified with confidence > 0.9")
+axes[1].set(xlabel="autoguidance weight w (1 = off)", ylabel="Frechet distance (lower is better)")
+fig.tight_layout()
+tutorial.show(fig, "autoguidance_scores")
+
+# %% [markdown]
+# AUTOGUIDANCE_SCORES_READING
+#
+# Why does a worse model help? Karras et al. argue that an under-trained model errs in the same
+# directions as a well-trained one, only more: the difference between the two points away from
+# those errors, towards the typical digits. The guide must be a version of *the same* model, so that
+# both make the same kinds of mistakes; here it is the EMA weights at about 15% of the run
+# (`guide_fraction`). The price is a second network evaluation at every step.
+#
+# ## 2. Fewer network evaluations: DPM-Solver++
+#
+# DDIM and DDPM are first-order samplers: each step trusts only the network's estimate at its own
+# $t$. DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast solver for guided sampling of diffusion
+# probabilistic models") writes the reverse process in $\lambda_t = \log(\alpha_t / \sigma_t)$, half
+# the log signal-to-noise ratio ($\alpha_t = \sqrt{\bar\alpha_t}$, $\sigma_t = \sqrt{1 - \bar\alpha_t}$),
+# where its linear part integrates exactly. With $h = \lambda_{t_{prev}} - \lambda_t$, one step is
+#
+# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-h})\,D .$$
+#
+# With $D = \hat x_0$ this is exactly DDIM with $\eta = 0$. The **2M** solver ("second order,
+# multistep") instead extrapolates $\hat x_0$ along $\lambda$ from this step's estimate and the
+# previous step's: $D = (1 + \tfrac{1}{2r})\,\hat x_0(t) - \tfrac{1}{2r}\,\hat x_0(t_{before})$ with
+# $r = h_{before} / h$. That is second-order accuracy for the price of one network evaluation per
+# step, as DDIM's. Its **SDE** form (same paper) adds fresh noise, as $\eta = 1$ does for DDIM:
+#
+# $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,e^{-h}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-2h})\,D +
+#   \sigma_{t_{prev}}\sqrt{1 - e^{-2h}}\,z .$$
+#
+# The solver visits timesteps evenly spaced in $\lambda$, not in $t$: on DDIM's even $t$ the last
+# steps are long jumps in $\lambda$, where a straight-line extrapolation overshoots. The tests check
+# all of this on data whose ideal denoiser is known in closed form (Gaussian data): every sampler
+# draws the right variance, and at 10 steps DPM-Solver++ is closer than DDIM. Here is the step as
+# `helpers` runs it inside the same `lax.scan` as DDIM:
+
+# %%
+print(inspect.getsource(DPMSolverPP.step))
+print("DPM-Solver++ with 10 steps visits t =", lambda_pairs(schedule, 10)[:, 0].tolist())
+
+# %% [markdown]
+# ## 3. A guidance interval
+#
+# Autoguidance doubles the price of every step. Kynkaanniemi et al. (2024, "Applying guidance in a
+# limited interval improves sample and distribution quality") found that guidance helps at middle
+# noise levels only: at high noise it pulls every sample towards the same few shapes, at low noise
+# it does little. `Autoguidance(guide, w, interval=(t_low, t_high))` runs the guide only at
+# $t_{low} \le t \le t_{high}$, and a step outside it costs one network evaluation. Their interval,
+# $0.28 < \sigma \le 2.9$ in EDM's noise levels ($\sigma = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$),
+# is $167 \le t \le 785$ of our cosine schedule. Network evaluations per sample:
+
+# %%
+interval = (167, 785) if T == 1000 else (T // 6, 4 * T // 5)
+print(f"{'setting':34s} {'guided everywhere':>17s} {'in the interval':>15s} {'unguided':>8s}")
+for name, steps_e in (("ddim", 100), ("ddim", 50), ("dpmpp_2m_sde", 25), ("dpmpp_2m_sde", 10)):
+    smp = make_sampler(schedule, name, min(steps_e, T), 1.0)
+    print(f"{name + '-' + str(smp.steps):34s} {network_evaluations(smp, guided=True):17d} "
+          f"{network_evaluations(smp, interval, guided=True):15d} {network_evaluations(smp):8d}")
+
+# %% [markdown]
+# ## 4. Quality per network evaluation
+#
+# Which of these draws the best digits for its cost? Each setting below draws 1,000 samples (the
+# main job's N, so its FD compares with the docs' Results page) from the same noise, with the
+# preset's $w$ everywhere, in the interval, or off, and is scored. The cost of a setting is its
+# number of network evaluations per sample (NFE). One noise seed per setting; the preset's own
+# setting is drawn with three, to show how far the same setting moves between seeds.
+
+# %%
+N_SWEEP = 64 if PRESET == "tiny" else 1000
+w = cfg.autoguidance_scale
+SWEEP = [  # (sampler, eta, steps, guidance)
+    ("ddim", 1.0, 100, "all"), ("ddim", 1.0, 50, "all"), ("ddim", 0.0, 50, "all"), ("dpmpp_2m", 0.0, 50, "all"),
+    ("dpmpp_2m_sde", 0.0, 10, "all"), ("dpmpp_2m_sde", 0.0, 25, "all"), ("dpmpp_2m_sde", 0.0, 50, "all"),
+    ("dpmpp_2m_sde", 0.0, 50, "interval"), ("dpmpp_2m_sde", 0.0, 50, "off"),
+]
+PRESET_SETTING = (cfg.sampler, cfg.eta if cfg.sampler == "ddim" else 0.0, min(cfg.sample_steps, T), "all")
+if PRESET_SETTING not in SWEEP:  # e.g. the tiny preset's sampler
+    SWEEP.append(PRESET_SETTING)
+sweep_rows = []
+print(f"{N_SWEEP} samples per setting, autoguidance w = {w:g}")
+print(f"{'setting':32s} {'seed':>4s} {'NFE':>4s} {'seconds':>8s} {'FD':>7s} {'confident':>9s}  classes")
+for sampler_name, eta_s, steps_s, guidance in SWEEP:
+    steps_s = min(steps_s, T)
+    ivl = interval if guidance == "interval" else None
+    is_preset = (sampler_name, eta_s, steps_s, guidance) == PRESET_SETTING
+    for seed in ((0, 1, 2) if is_preset else (0,)):
+        t0 = time.perf_counter()
+        x = np.asarray(sample(ema_model, schedule, jax.random.key(seed), N_SWEEP, sampler=sampler_name,
+                              steps=steps_s, eta=eta_s, prediction=cfg.prediction,
+                              autoguidance=None if guidance == "off" else guided(w, ivl)))
+        seconds = time.perf_counter() - t0
+        q = evaluator.evaluate(x)
+        nfe = network_evaluations(make_sampler(schedule, sampler_name, steps_s, eta_s), ivl, guidance != "off")
+        name = f"{sampler_name}{f' eta={eta_s:g}' if sampler_name == 'ddim' else ''}-{steps_s}, guided {guidance}"
+        sweep_rows.append(dict(name=name, sampler=sampler_name, guidance=guidance, seed=seed, nfe=nfe, preset=is_preset,
+                               fd=q["frechet_distance"], confident=q["confident_share"]))
+        print(f"{name:32s} {seed:4d} {nfe:4d} {seconds:8.1f} {q['frechet_distance']:7.1f} "
+              f"{q['confident_share']:9.1%}  {q['min_class_share']:.1%}-{q['max_class_share']:.1%}")
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for name in dict.fromkeys(r["name"] for r in sweep_rows):
+    mine = [r for r in sweep_rows if r["name"] == name]
+    fds = [r["fd"] for r in mine]
+    ax.errorbar(mine[0]["nfe"], np.mean(fds), yerr=[[np.mean(fds) - min(fds)], [max(fds) - np.mean(fds)]],
+                fmt="o" if mine[0]["sampler"] == "ddim" else "s", capsize=3, label=name)
+ax.set(xscale="log", xlabel="network evaluations per sample (NFE)", ylabel="Frechet distance (lower is better)",
+       title=f"{N_SWEEP} samples per setting (the preset's setting: mean and range of three seeds)")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=7, ncol=2)
+fig.tight_layout()
+tutorial.show(fig, "quality_per_nfe")
+
+# %% [markdown]
+# SWEEP_READING
+#
+# ## Summary
+#
+# SUMMARY_BULLETS
+
+# %% [markdown]
+# ## Exercises
+#
+# Each takes a minute or less at the `cpu` preset; the solutions are in collapsed cells (click to
+# expand).
+#
+# 1. Score the guide alone, as section 1 sampled it. How far below the final model does it score,
+#    and why can extrapolating away from it still help?
+# 2. Section 4 drew the preset's setting with three seeds. How far apart are the three FDs, and
+#    which differences between settings in the table are larger than that?
+
+# %% jupyter={"source_hidden": true}
+# Solution 1: the guide makes the same kinds of mistakes as the final model, only more of them; the
+# difference between the two points away from those mistakes (section 1).
+if guide is not None:
+    q = evaluator.evaluate(np.asarray(sample(guide, schedule, jax.random.key(21), n_score, steps=steps, eta=eta,
+                                             prediction=cfg.prediction)))
+    print(f"the guide alone (EMA weights at step {run_state.guide.step}): FD {q['frechet_distance']:.1f}, "
+          f"{q['confident_share']:.1%} confident; the final model alone: FD {ag_scores[1.0]['frechet_distance']:.1f}, "
+          f"{ag_scores[1.0]['confident_share']:.1%}")
+
+# %% jupyter={"source_hidden": true}
+# Solution 2: the seeds' spread of the preset's setting, against each other setting's gap to its mean.
+preset_fds = [r["fd"] for r in sweep_rows if r["preset"]]
+spread, mean_fd = max(preset_fds) - min(preset_fds), float(np.mean(preset_fds))
+print(f"the preset's setting over three seeds: FD {min(preset_fds):.1f}-{max(preset_fds):.1f} (spread {spread:.1f})")
+for r in sweep_rows:
+    if not r["preset"]:
+        verdict = "larger than the spread" if abs(r["fd"] - mean_fd) > spread else "within the spread"
+        print(f"  {r['name']:32s} FD {r['fd']:7.1f}: {r['fd'] - mean_fd:+7.1f} from the preset's mean, {verdict}")
