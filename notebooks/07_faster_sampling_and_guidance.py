@@ -165,7 +165,7 @@ print("DPM-Solver++ with 10 steps visits t =", lambda_pairs(schedule, 10)[:, 0].
 # noise levels only: at high noise it pulls every sample towards the same few shapes, at low noise
 # it does little. `Autoguidance(guide, w, interval=(t_low, t_high))` runs the guide only at
 # $t_{low} \le t \le t_{high}$, and a step outside it costs one network evaluation. Their interval,
-# $0.28 < \sigma \le 2.9$ in EDM's noise levels ($\sigma = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$),
+# $0.28 < \sigma \le 2.9$ in the noise levels of EDM ([Karras et al. 2022](https://arxiv.org/abs/2206.00364)) ($\sigma = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$),
 # is $167 \le t \le 785$ of our cosine schedule. Network evaluations per sample:
 
 # %%

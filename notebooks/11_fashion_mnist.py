@@ -12,7 +12,7 @@
 # > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit eff025f; the notebook took 11 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
-# Fashion-MNIST (Xiao et al. 2017) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
+# Fashion-MNIST ([Xiao et al. 2017](https://arxiv.org/abs/1708.07747)) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
 # images in ten classes, same split sizes, same file names, but of clothes instead of digits.
 # Everything in this collection takes `dataset="fashion_mnist"` (`--dataset fashion_mnist` on the
 # command line), so this notebook changes one word and looks at what changes as a result.
