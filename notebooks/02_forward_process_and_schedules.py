@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 02 · The forward process and noise schedules
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 16 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 11 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model is trained on one simple task: given a digit that has been buried in a known
