@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 03 · The UNet, piece by piece
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 47 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 33 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The network's job is to look at a noisy image $x_t$ and the timestep $t$ and predict the noise
@@ -213,9 +213,9 @@ for name, shape in shape_trace(cpu_model):
 # convolutions run on a quarter of the positions: about 4x cheaper per image. Vision Transformers
 # ([Dosovitskiy et al. 2021](https://arxiv.org/abs/2010.11929)) and latent diffusion models
 # ([Rombach et al. 2022](https://arxiv.org/abs/2112.10752)) make the same trade. It is also narrow
-# (16/32/64 channels), which runs several times the images per second of a wider UNet. Whether
-# narrower is better at a fixed budget is an experiment: notebook 09 trains a narrower and a wider
-# UNet than this one for the same few minutes and compares their samples.
+# (16/32/64 channels), so each training step is cheap. Whether narrower is better at a fixed budget
+# is an experiment: notebook 09 trains a narrower and a wider UNet than this one for the same few
+# minutes, prints the images per second of each, and compares their samples.
 
 # %%
 rows = []
