@@ -86,7 +86,7 @@ for name, change in variants.items():
 # ## 2. Equal compute
 #
 # Every run gets the same **wall time**, 4.5 minutes of training, through a time budget (`minutes`,
-# notebook 04): before training, the run times one compiled step and plans the steps that fill the
+# notebook 04, section 10): before training, the run times one compiled step and plans the steps that fill the
 # budget, once, so its learning-rate decay ends with the budget. A cheaper model therefore takes more
 # steps and a larger one fewer; the variants that change only the seed, the target, the weighting or
 # the schedule cost the same per step and differ in steps only by the noise of that one timing.
@@ -184,8 +184,8 @@ tutorial.show(fig, "variants_side_by_side")
 #   counterpart.
 # - **Two seeds of the same recipe set the noise level, and it is large.** The baseline's two runs
 #   differ in Frechet distance by the amount printed below the table, much more than in confident
-#   share. Part of it is the machine: at equal wall time the two runs took different numbers of
-#   steps (the images/s column), because the CPU ran at a different speed while each trained.
+#   share. Part of it may be the plan: each run planned its steps from its own timing of one step
+#   (the steps column), so two runs of one recipe need not train the same number of steps.
 #   A variant's FD inside the two seeds' range says nothing, and neither does a confident share
 #   within a few points (exercise 3 measures the standard error of one share).
 # - **At this budget the prediction target stays inside the noise**: epsilon-prediction's confident

@@ -30,6 +30,34 @@ def numbers(pattern: str, text: str) -> list[tuple[float, ...]]:
     return found
 
 
+def test_01_the_padding_is_background_and_every_image_appears_once_per_epoch():
+    out = printed("01_data_pipeline", "border = ")
+    assert "2-pixel border all -1: True" in out and "range [-1.0, 1.0]" in out, "section 3: [-1, 1], padded with -1"
+    assert "every image exactly once per epoch: True" in printed("01_data_pipeline", "every image exactly once")
+
+
+def test_02_the_linear_schedule_wastes_its_last_third_and_cosine_only_its_last_steps():
+    crossings = {kind: (low, lower) for kind, low, lower in re.findall(
+        r"(linear|cosine)\s+SNR below 1e-2 from t = (\d+), below 1e-3 from t = (\d+)",
+        printed("02_forward_process_and_schedules", "snr < 1e-2"))}
+    linear, cosine = (int(crossings[k][0]) for k in ("linear", "cosine"))
+    assert 640 <= linear <= 700, "section 2: below 1e-2 for about the last third, from the printed t"
+    assert 1000 - cosine == 64, "section 2: cosine crosses 1e-2 only in its last 64 steps"
+    snr1 = dict(re.findall(r"(linear|cosine): SNR < 1 from t = (\d+)", printed("02_forward_process_and_schedules", "# Solution 1")))
+    assert int(snr1["linear"]) < 300 < int(snr1["cosine"]), "section 2: linear destroys most of the signal by t = 300"
+
+
+def test_03_the_untrained_net_outputs_zeros_and_the_traces_label_attention_where_it_is():
+    assert "untrained output is all zeros: True" in printed("03_unet", "untrained output is all zeros")
+    assert "middle (ResBlock, attention, ResBlock)" in printed("03_unet", "cpu_model = nnx.eval_shape")
+    patch4 = printed("03_unet", "# Solution 2:")
+    assert "middle (ResBlock, ResBlock)" in patch4 and "(2, 2, 2, 64)" in patch4, "exercise 2: no attention at 2x2"
+    counts = dict(re.findall(r"cpu (\(as it is\)|\{'num_res_blocks': 2\}|\{'patch_size': 4\}): ([\d,]+) parameters",
+                             printed("03_unet", "# Solution 1:")))
+    base, blocks, patch = (int(counts[k].replace(",", "")) for k in ("(as it is)", "{'num_res_blocks': 2}", "{'patch_size': 4}"))
+    assert blocks - base > abs(patch - base), "exercise 1: a second block changes the count more than 4x4 patches"
+
+
 def test_04_our_loop_lowers_the_loss_and_warm_up_beats_a_hot_start():
     first, last = numbers(r"mean loss of the first chunk ([\d.]+), of the last ([\d.]+)",
                           printed("04_train_ddpm", "state, loop_losses = train_loop("))[0]
@@ -39,10 +67,13 @@ def test_04_our_loop_lowers_the_loss_and_warm_up_beats_a_hot_start():
     assert warm < hot_last, "exercise 1: the warm-up reaches a lower loss than 10x the rate from the start"
 
 
-def test_04_the_run_fills_its_budget_and_its_loss_comes_from_the_middle_noise_levels():
-    steps, minutes, share = numbers(r"done: (\d+) steps in ([\d.]+) min, ([\d.]+)% of the limit",
-                                    printed("04_train_ddpm", "tutorial.ensure_run(run_dir, cfg)"))[0]
-    assert 90 <= share <= 100, "section 10: the decay ends just before the limit"
+def test_04_the_run_follows_its_plan_and_its_loss_comes_from_the_middle_noise_levels():
+    run = printed("04_train_ddpm", "tutorial.ensure_run(run_dir, cfg)")
+    (planned,) = numbers(r"the plan: ([\d,]+) steps", run)[0]
+    (trained,) = numbers(r"done: (\d+) steps in", run)[0]
+    assert trained == planned == 9000, "section 10: the cpu preset trains its fixed plan of 9,000 steps"
+    (gap,) = numbers(r"differs from section 4's schedule by at most ([\d.e+-]+)", printed("04_train_ddpm", "lr_gap = "))[0]
+    assert gap == 0, "section 11: the run used section 4's learning-rate schedule"
     high, _, low, _, weighted = numbers(r"highest at t = (\d+) \(([\d.]+)\), lowest at t = (\d+) \(([\d.]+)\); "
                                         r"weighted: highest at t = (\d+)", printed("04_train_ddpm", "per_t = loss_per_timestep("))[0]
     assert high == 0, "section 12: the unweighted v error is largest at the smallest t"
@@ -50,15 +81,15 @@ def test_04_the_run_fills_its_budget_and_its_loss_comes_from_the_middle_noise_le
 
 
 def _sampler_scores() -> dict[str, tuple[float, float]]:
-    """Notebook 05's section 5 table: {"DDIM-25 0.0": (FD, confident %), ..., "DDPM-1000 1.0": ..., "real": ...}."""
-    text = printed("05_sampling", "score_steps = ")
+    """Notebook 06's section 6 table: {"DDIM-25 0.0": (FD, confident %), ..., "DDPM-1000 1.0": ..., "real": ...}."""
+    text = printed("06_sampling", "score_steps = ")
     rows = {f"{name} {eta}": (fd, conf) for name, eta, fd, conf in
             re.findall(r"^(DD[IP]M-\d+)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%", text, re.M)}
     rows["real"] = numbers(r"real test digits\s+([\d.]+)\s+([\d.]+)%", text)[0]
     return {k: tuple(float(v) for v in vals) for k, vals in rows.items()}
 
 
-def test_05_eta_1_beats_eta_0_and_ddpm_1000_scores_like_ddim_100():
+def test_06_eta_1_beats_eta_0_and_ddpm_1000_scores_like_ddim_100():
     scores = _sampler_scores()
     steps = sorted({int(k.split()[0][5:]) for k in scores if k.startswith("DDIM")})
     assert len(steps) >= 3
@@ -72,9 +103,9 @@ def test_05_eta_1_beats_eta_0_and_ddpm_1000_scores_like_ddim_100():
     assert all(scores["real"][0] < fd for k, (fd, _) in scores.items() if k != "real"), "real digits score best"
 
 
-def test_05_autoguidance_raises_the_confident_share_and_halves_the_frechet_distance():
+def test_07_autoguidance_raises_the_confident_share_and_halves_the_frechet_distance():
     rows = {w: (fd, conf, low) for w, fd, conf, low in numbers(
-        r"(?m)^\s*([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)% -", printed("05_sampling", "ag_ws = "))}
+        r"(?m)^\s*([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)% -", printed("07_faster_sampling_and_guidance", "ag_ws = "))}
     plain = rows[1.0]
     guided = {w: r for w, r in rows.items() if w >= 2}
     assert all(conf >= plain[1] + 5 and conf >= 90 for _, conf, _ in guided.values()), "90% or more from w = 2 on"
@@ -82,7 +113,7 @@ def test_05_autoguidance_raises_the_confident_share_and_halves_the_frechet_dista
     assert all(low >= 5 for _, _, low in rows.values()), "no class is lost"
 
 
-def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
+def test_05_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
     text = printed("05_evaluating_samples", "scores = {name: evaluator.evaluate(x)")
     table = {name.strip(): [float(v) for v in vals.split()[1:]] for name, vals in
              re.findall(r"^([A-Za-z0-9 ]+?)\s{2,}(\d+\s+[\d.\s%]+)$", text.replace("%", ""), re.M)}
@@ -95,14 +126,14 @@ def test_08_the_trained_model_lands_between_real_digits_and_broken_ones_without_
 
 
 def _experiments() -> dict[str, dict[str, float]]:
-    """Notebook 06's results table: {variant: {"steps", "err", "fd", "conf"}}."""
+    """Notebook 09's results table: {variant: {"steps", "err", "fd", "conf"}}."""
     text = printed("09_experiments", "header = (")
     return {name.strip(): {"steps": float(steps), "err": float(err), "fd": float(fd), "conf": float(conf)}
             for name, steps, err, fd, conf in re.findall(
                 r"^([a-zA-Z][\w ,-]+?)\s+(\d+)\s+\d+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", text, re.M)}
 
 
-def test_06_the_baseline_draws_digits_and_only_the_small_unet_falls_near_the_edge_of_the_noise():
+def test_09_the_baseline_draws_digits_and_only_the_small_unet_falls_near_the_edge_of_the_noise():
     rows = _experiments()
     base, seed2 = rows["baseline"], rows["baseline, seed 2"]
     confs, fds = sorted((base["conf"], seed2["conf"])), sorted((base["fd"], seed2["fd"]))
@@ -127,14 +158,14 @@ def test_06_the_baseline_draws_digits_and_only_the_small_unet_falls_near_the_edg
     assert small["steps"] > base["steps"] > large["steps"], "cost per step orders the steps"
 
 
-def test_06_exercises_locate_the_linear_schedule_and_epsilon_errors():
+def test_09_exercises_locate_the_linear_schedule_and_epsilon_errors():
     per_t = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("09_experiments", "# Solution 1:"))
     assert all(linear <= base for _, base, linear in per_t), "the linear schedule's noise error is lower at every t"
     x0 = numbers(r"(?m)^\s*(\d+)\s+([\d.]+)\s+([\d.]+)$", printed("09_experiments", "# Solution 2:"))
     assert x0[-1][2] > 2 * x0[-1][1], "epsilon's image estimate is far worse at the noisiest t"
 
 
-def test_07_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale():
+def test_10_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale():
     rows = {w: (match, conf, fd) for w, match, conf, fd in numbers(
         r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("10_conditional_generation", "scales = ("))}
     assert rows[0.0][0] <= 30, "at w = 0 the label is ignored: near chance"
@@ -147,7 +178,7 @@ def test_07_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale()
     assert more[0][3] < more[1][3] < more[2][3], "exercise 3: FD rises from the lowest scale to w = 3"
 
 
-def test_09_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
+def test_11_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
     grey = numbers(r"share of mid-grey pixels \(50-200\): MNIST ([\d.]+)%, Fashion ([\d.]+)%",
                    printed("11_fashion_mnist", "ax.hist("))[0]
     assert grey[1] > 3 * grey[0], "section 1: many more mid-grey pixels"
@@ -166,13 +197,13 @@ def test_09_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
 
 
 def _flow_sweep() -> dict[tuple[str, int], float]:
-    """Notebook 10's equal-compute table: {(sampler, NFE): mean FD}."""
+    """Notebook 08's equal-compute table: {(sampler, NFE): mean FD}."""
     text = printed("08_flow_matching", "summary_table = summarise(results)")
     return {(name, int(nfe)): float(fd) for name, nfe, fd in
             re.findall(r"^(\w+)\s+\d+\s+(\d+)\s+([\d.]+) \(", text, re.M)}
 
 
-def test_10_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
+def test_08_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
     fd = _flow_sweep()
     assert fd[("euler", 4)] < fd[("ddim", 4)] / 3, "sections 4-5: with two steps flow draws digits, DDIM blurs"
     assert fd[("heun", 10)] < fd[("dpmpp_2m_sde", 10)] / 3 and fd[("heun", 18)] < fd[("dpmpp_2m_sde", 20)] / 3
@@ -187,7 +218,7 @@ def test_10_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
     assert 0.9 < ratio[10] < 1.1 and ratio[20] > 1.05 and ratio[100] < 0.95, "the summary's leads"
 
 
-def test_10_flow_trajectories_are_straighter_and_autoguidance_helps():
+def test_08_flow_trajectories_are_straighter_and_autoguidance_helps():
     (flow,), (ddpm,) = numbers(r"straightness ([\d.]+)", printed("08_flow_matching", "def straightness("))
     assert flow > ddpm, "section 4: the flow model's trajectories are straighter"
     (with_fd, with_conf), (without_fd, without_conf) = numbers(r"FD ([\d.]+), confident ([\d.]+)%",

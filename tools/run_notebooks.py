@@ -1,6 +1,6 @@
 """Execute the tutorial notebooks for real and commit-ready: outputs in the .ipynb, a run record on top.
 
-    python tools/run_notebooks.py                      # all nine, at the backend's preset (cpu here)
+    python tools/run_notebooks.py                      # all eleven, at the backend's preset (cpu here)
     python tools/run_notebooks.py 04 05 --preset cpu   # some of them
 
 Each notebook is executed from its `.py` (the source of truth) in a fresh kernel with
@@ -8,8 +8,8 @@ TUTORIAL_PRESET set; its first cell's "Run record" line is rewritten with the pr
 the date, the commit of the code that ran and the wall time; then `jupytext --update` writes the
 `.ipynb` (outputs kept), so the pair is in sync exactly as CI checks it. Consecutive stream outputs
 are merged and carriage returns resolved, as a terminal shows them, so a progress bar leaves its
-final state, not hundreds. Notebooks 05-08 reuse the run notebook 04 trained
-(runs/tutorial-<preset>/); delete it to train again.
+final state, not hundreds. Later notebooks reuse the run notebook 04 trained (runs/tutorial-<preset>/);
+delete it to train again.
 
 Commit the code first: a notebook whose code, or the code of `helpers/` or `notebooks/tutorial/`,
 differs from HEAD is refused, since its record could not name the commit that produced it.
