@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 23 min 40 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 24 min 16 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial
@@ -451,10 +451,10 @@ fig = tutorial.plot_image_rows(rows, ncols=10, title="the same noise, sampled at
 tutorial.show(fig, "samples_at_checkpoints")
 
 # %% [markdown]
-# Read the rows top to bottom: the first kept checkpoint already draws digit-like strokes, the
-# middle rows settle which digit each noise seed becomes, and the last rows, trained at a small
-# learning rate, mostly clean up strokes. The same noise makes the same digit in most columns once
-# the model has settled on it.
+# Read the rows top to bottom: by the first kept checkpoint (step 2,000) most noise seeds already
+# draw the digit they end as; the first column is the exception, a blot that settles into a 7 only
+# in the later rows. The later rows, trained at an ever smaller learning rate, mostly clean up and
+# firm up the strokes.
 #
 # ## 14. Digits from noise: DPM-Solver++ with autoguidance
 #
@@ -480,8 +480,8 @@ fig = plot_samples(samples, title=f"{cfg_run.sampler}-{cfg_run.sample_steps} sam
 tutorial.show(fig, "samples")
 
 # %% [markdown]
-# Each cell is a digit the model made up from a different noise seed. After the full run you should
-# see clean, varied digits of all ten classes; notebook 05 measures how clean and how varied, with
+# Each cell is a digit the model made up from a different noise seed: mostly clean digits of all
+# ten classes, with a few malformed ones; notebook 05 measures how clean and how varied, with
 # an independent classifier. The run folder also holds `samples.png` and `samples.npy`
 # (`cfg.num_samples` of them), written at the end of training.
 # %% [markdown]

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Evaluating samples without downloading anything
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 1 min 25 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 1 min 06 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -194,25 +194,29 @@ print(f"\nnearest-training-neighbour distance of real test digits (what 'new dig
 # %% [markdown]
 # How to read it, row by row:
 #
-# - **Real test digits** set the scale: a small but non-zero FD (finite N), about 98% confident,
-#   every class near 10%, precision near 1.
-# - **Uniform noise** and the **untrained UNet** (its zero-initialised output layer makes every
-#   sample the same grey image) have huge FDs and zero precision, yet the classifier is *confident*
-#   on them, all in one class: that is why confidence is never read alone.
+# - **Real test digits** set the scale: a small but non-zero FD (finite N, section 2), about 98%
+#   confident, every class near 10%. Their precision of 1.00 holds by construction (they are part
+#   of the reference set); the training-set copies below show what new real digits score.
+# - **Uniform noise** and the **untrained UNet** (its zero-initialised output layer predicts 0
+#   everywhere, so the sampler hands back noise: the figure shows speckle, not a digit) have huge
+#   FDs and zero precision, yet the classifier is *confident* on them, all in one class: that is
+#   why confidence is never read alone. (The untrained row has 200 samples, not 1,000; at this size
+#   of FD that does not matter.)
 # - **Blurred digits** keep their classes and even their precision (each one is near some real
 #   digit), but lose confidence, and recall collapses: blur removes the variety of stroke detail.
 #   This is what an under-trained model's samples look like.
-# - **Only 1s** are perfectly confident, but the class shares (one class at 100%) and the recall
-#   collapse: mode collapse shows in coverage, not in confidence.
-# - **Training set copies** score like real digits on every feature-space figure, but their
-#   nearest-training-neighbour distance is **0**: memorisation shows only in that column. A good
+# - **Only 1s** are as confident as real digits, but the class shares (one class at nearly 100%)
+#   and the recall collapse: mode collapse shows in coverage, not in confidence.
+# - **Training set copies** score like real digits on FD, confidence, class shares and recall; their
+#   precision is what real digits outside the reference set score. Their nearest-training-neighbour
+#   distance is **0** (0.01, rounding): memorisation shows only in that column. A good
 #   model's samples should sit about as far from the training set as real test digits do.
 # - **The trained model** should land between the real digits and the broken ones; how close to the
-#   real row it gets is the measure of the run. Here (notebook 04's 20-minute CPU run, sampled
-#   with autoguidance, the table's second row): a Frechet distance far below every broken row, though
-#   still above the real digits'; a confident share about seven points below theirs; every
-#   class near 10%, like real digits; and samples a little farther from their nearest training
-#   image than new real digits are: no copying.
+#   real row it gets is the measure of the run. Here (notebook 04's run, the table's second row):
+#   a Frechet distance far below every broken row and close to the real digits'; a confident share
+#   about seven points below theirs; every class near 10%, like real digits; precision and recall
+#   near those of the training-set copies; and samples a little farther from their nearest
+#   training image than new real digits are: no copying.
 
 # %% [markdown]
 # ## 4. The trained model in detail
@@ -253,9 +257,9 @@ tutorial.show(fig, "best_and_worst")
 
 # %% [markdown]
 # The least confident samples are the ones a person would also hesitate over: open or fragmented
-# strokes, and shapes between two classes (a 4 that could be a 9, an 8 that could be a 3). The most
-# confident ones are clean, typical digits. Those hesitant shapes are the share below the 0.9 line
-# printed above, what keeps the tutorial run from the real digits' confident share.
+# strokes, blots, and shapes between two classes (a 3 that could be an 8, a 6 or an 8 drawn as a loop). The most
+# confident ones are clean, typical digits. Shapes like these are the samples below confidence 0.9
+# (the table above), which keep the tutorial run from the real digits' confident share.
 #
 # ## 5. Memorisation check: nearest training neighbours
 
@@ -270,7 +274,7 @@ print("pixel distances:", np.round(dist, 2))
 # %% [markdown]
 # Each sample above its closest image among the first 20,000 training digits (the table's column
 # searched all 60,000, so these distances can only be larger): similar digits, but not copies. Most distances are comparable to those of real test digits (8.4 on average), which
-# the model never saw; the 1s sit closest, because a plain stroke has near-twins among thousands of
+# the model never saw; the two 1s sit closest, because a plain stroke has near-twins among thousands of
 # training 1s, not because they were copied. Copies would have distance 0.
 #
 # ## Summary

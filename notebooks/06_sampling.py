@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** not executed yet.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 5 min 57 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict the noise in $x_t$ (as $v$, notebook 04). Sampling runs the
@@ -154,8 +154,8 @@ tutorial.show(fig, "one_ddim_step")
 
 # %% [markdown]
 # From pure noise the first $\hat x_0$ is a blurry average of digits: at $t = T-1$ the network can
-# only guess. The new $x_{t_{prev}}$ is still mostly noise, with a faint trace of that guess; the
-# remaining steps sharpen it. The whole loop is one `lax.scan` under `jit`: one compilation, no
+# only guess. The new $x_{t_{prev}}$ still looks like pure noise: at its signal level (the printed
+# $\sqrt{\bar\alpha}$) the trace of that guess is too faint to see. The remaining steps sharpen it. The whole loop is one `lax.scan` under `jit`: one compilation, no
 # Python between steps.
 #
 # ## 4. Steps against quality and time
@@ -186,9 +186,9 @@ fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, 
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows about linearly with the number of network calls: most rows take 47-50 ms per call
-# (the last column; a single timing on a shared machine can come out slower, as one row here). In the
-# grid, DDIM-10 already draws the same digits as DDIM-200; by eye, more steps change almost nothing.
+# Time grows linearly with the number of network calls: every row takes about the same time per
+# call (the last column). In the grid, DDIM-10 already draws the same digits as DDIM-200, a little
+# rougher in places; by eye, more steps change little.
 # The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
 # digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different
 # digits, at ten times the cost of DDIM-100. Whether those are *better* digits is a question for
@@ -265,14 +265,14 @@ tutorial.show(fig, "sampler_scores")
 # What the scores show (300 samples per setting: a confident share near 80% has a standard error
 # of about 2.3 points, so only differences of 5 points or more are clear):
 #
-# - **With $\eta = 0$, more steps barely help**: the confident share stays within two points from 25 to
+# - **With $\eta = 0$, more steps barely help**: the confident share stays within a point from 25 to
 #   100 steps, and the Frechet distance improves only a little. This is what the grid in section 4
 #   suggested.
-# - **$\eta = 1$ is better at 25 and 100 steps**: several points more confident samples and a
-#   clearly lower Frechet distance. At 50 steps $\eta = 1$ is a few points more confident but no lower
-#   in Frechet distance: within noise here.
-# - **DDPM-1000 scores about like DDIM-100 with $\eta = 1$** (the same sampler on a ten-times shorter
-#   subsequence), at ten times the network evaluations.
+# - **$\eta = 1$ is better at 25 and 100 steps**: about eight points more confident samples and a
+#   clearly lower Frechet distance. At 50 steps $\eta = 1$ is as much more confident but no lower in
+#   Frechet distance.
+# - **DDPM-1000 scores best of all**, a little better than DDIM-100 with $\eta = 1$ (the same sampler
+#   on a ten-times shorter subsequence), at ten times the network evaluations.
 # - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
 #   score at N = 1,000 (the distance shrinks with N; notebook 05), so compare these distances only
 #   with each other, never with the Results page's.
@@ -317,9 +317,8 @@ tutorial.show(fig, "trajectory_x0")
 # The noisy $x_t$ (first figure) stays mostly noise for the first half of the steps; the digit shows
 # through from about $t = 545$ and is clean only at the end. The $\hat x_0$ guesses (second figure)
 # tell the real story: the model commits to *which* digit early, as a blurry average (three of the
-# four rows show their final digit by $t = 777$; the last row starts as something like a 0 and
-# settles by $t = 555$ on a malformed shape, of the kind autoguidance repairs, unused here), and
-# spends the later steps on stroke width and detail. The same process as an animation:
+# four rows show their final digit by $t = 777$, the last by $t = 666$), and spends the later steps
+# on stroke width and detail. The same process as an animation:
 
 # %%
 gif = save_trajectory_gif(xs, tutorial.tutorial_run_dir(PRESET) / "trajectory.gif", ncols=4, frames=40)
@@ -362,10 +361,10 @@ tutorial.show(fig, "interpolation")
 
 # %% [markdown]
 # Along the slerp path (top) the norm stays about $\sqrt{1024} = 32$ and the digit morphs from the
-# first seed's 5 to the second's 2. Along the straight line (bottom) the middle frames start from
-# noise with only 70% of the expected norm, which the model has never seen. With this model the two
-# rows happen to look alike: both pass through a thin 1 on the way, and the straight line's middle
-# frames are plain, thin 1s (less norm reads as "less ink"). Slerp is the correct path by
+# first seed's 5 into the second's 1, through a 6-like shape. Along the straight line (bottom) the
+# middle frames start from noise with only about 70% of the expected norm, which the model has never
+# seen. With this model the two rows happen to look alike: the same 5, the same 6-like shape, then
+# thin 1s (less norm reads as "less ink"). Slerp is the correct path by
 # construction; this model is simply not very sensitive to the difference for these two seeds.
 #
 # ## Summary
@@ -373,7 +372,8 @@ tutorial.show(fig, "interpolation")
 #   it needs all 1,000 steps. DDIM's step (eq. 12) rebuilds $x_{t_{prev}}$ from $\hat x_0$ and
 #   $\hat\varepsilon$, so it can jump over timesteps; with $\eta = 1$ on every timestep it is DDPM.
 # - DDIM needs far fewer steps than DDPM's 1,000: DDIM-10 is a fast preview.
-# - Measure, don't eyeball: section 6 scores step counts and $\eta$ on the same noise.
+# - Measure, don't eyeball: for this briefly trained model, $\eta = 1$ gives more confident digits
+#   than $\eta = 0$ at every step count scored, and DDPM-1000 scores best, at ten times the cost.
 # - Sample from the EMA weights.
 # - The model decides the digit early and refines it late; slerp walks between noise seeds.
 
@@ -390,6 +390,8 @@ tutorial.show(fig, "interpolation")
 
 # %% jupyter={"source_hidden": true}
 # Solution 1: the same samples' noise as section 6, eta = 0.5; each score compared with eta = 0 and 1.
+# Halfway in eta need not be halfway in score: here the confident share lands between the two, the
+# FD on neither side (one draw of 300 samples; section 6 gives the size of such differences).
 x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=score_steps[0], eta=0.5,
                       prediction=cfg.prediction))
 q = evaluator.evaluate(x)
