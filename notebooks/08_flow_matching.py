@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Flow matching: the same digits along a straight path
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-05, commit 5bd0c72; the notebook took 24 min 12 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 45 min 49 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Since 2023 the usual recipe for the job this collection does is **flow matching**
@@ -313,9 +313,10 @@ fig.tight_layout()
 tutorial.show(fig, "equal_compute")
 
 # %% [markdown]
-# Left, the Fréchet distance: every sampler improves steeply at first and levels off by about 50
-# network evaluations. With 4 evaluations the flow samplers are far ahead of DDPM's; at 10 Heun, Euler
-# and DDIM are level. DPM-Solver++(2M) SDE, the preset's sampler, is far behind the others at 10 and
+# Left, the Fréchet distance: the flow samplers and DDIM improve steeply at first and level off by
+# about 50 network evaluations; DPM-Solver++(2M) SDE starts far behind and is still improving at
+# 100. With 4 evaluations flow matching's Euler is far ahead of both DDPM samplers, and Heun with 6
+# is ahead of them too; at 10 Heun, Euler and DDIM are level. DPM-Solver++(2M) SDE, the preset's sampler, is far behind the others at 10 and
 # 20 evaluations; at 100 it is the best.
 # Middle and right: the few-step samplers that score badly draw few confident digits and leave whole
 # classes nearly empty (the smallest class share near 0). The best score of each objective within a
@@ -339,8 +340,8 @@ for budget in (10, 20, 100):
 # At this budget neither objective wins everywhere. With about 20 network evaluations flow matching
 # (Heun, 5 steps) scores a lower Fréchet distance than DDPM's best sampler there (DDIM), by the ratio
 # printed above; the seed ranges in the table overlap, so it is a lead, not a rout. With 10 evaluations
-# the two are level and both poor. With 100, DDPM sampled with DPM-Solver++(2M) SDE is the better of the
-# two. Heun's second order pays for itself: 5 Heun steps (18 evaluations) score about what 25 Euler
+# the two are level and both poor. With 100, DDPM sampled with DPM-Solver++(2M) SDE leads (here too
+# the seed ranges overlap). Heun's second order pays for itself: 5 Heun steps (18 evaluations) score about what 25 Euler
 # steps (50) do.
 #
 # ## Summary
@@ -392,5 +393,5 @@ for ag in (guidance, None):
           f"confident {f['confident_share']:.1%}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# Autoguidance helps the flow model as much as it helps DDPM (notebook 07): without the guide the
+# Autoguidance helps the flow model too, as notebook 07 found for DDPM: without the guide the
 # Fréchet distance is more than three times as large and fewer samples are confident digits.

@@ -263,6 +263,8 @@ def test_08_flow_matching_leads_with_few_evaluations_and_ddpm_with_many():
     at10 = [fd[("heun", 10)], fd[("euler", 10)], fd[("ddim", 10)]]
     assert max(at10) / min(at10) < 1.1, "section 5: at 10 evaluations Heun, Euler and DDIM are level"
     assert fd[("dpmpp_2m_sde", 100)] == min(fd.values()), "section 5: at 100, DPM-Solver++(2M) SDE is the best"
+    assert fd[("dpmpp_2m_sde", 100)] < 0.8 * fd[("dpmpp_2m_sde", 50)], "DPM-Solver++ still improving at 100"
+    assert fd[("heun", 6)] < fd[("ddim", 4)] / 3, "Heun with 6 evaluations is ahead of DDPM's 4 too"
     assert fd[("heun", 18)] < fd[("euler", 20)] and abs(fd[("heun", 18)] / fd[("euler", 50)] - 1) < 0.15, \
         "5 Heun steps score about what 25 Euler steps do"
     budgets = numbers(r"at most\s+(\d+) evaluations: flow\s+([\d.]+) .*?DDPM\s+([\d.]+) .*?= ([\d.]+)",
