@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 10 · Conditional generation with classifier-free guidance
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit 5a028a9; the notebook took 15 min 31 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 87c25d7; the notebook took 15 min 15 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # So far the model draws *some* digit. To ask for a 7, we give the UNet the label as a second
@@ -79,8 +79,8 @@ tutorial.show(fig, "one_row_per_digit")
 
 # %% [markdown]
 # Each row asks for one digit, and after the steps printed above (about 12 minutes) every row is that digit, with the variety of real handwriting:
-# upright and slanted 1s, 2s with and without a loop, round and narrow 0s. The weakest are a few 2s and 8s with a broken or blotchy stroke: the shapes an
-# under-trained model separates last.
+# upright and slanted 1s, 2s with and without a loop, round and narrow 0s. The weakest are a few
+# blotchy or faint strokes (the first 8 of its row), the kind an under-trained model cleans up last.
 #
 # ## 3. Guidance scale sweep
 #
@@ -117,7 +117,7 @@ print(f"real test digits: {real['confident_share']:10.1%} {real['frechet_distanc
 # each sample towards its label: already at $w = 1$ (the plain conditional model) most samples are
 # the digit asked for, and from $w = 2$ on all of them in this draw (the table above). Read the
 # grid column by column to see it happen: in column 3 the same noise draws a 1 at
-# $w = 0$, a faint broken stroke at $w = 1$ and a 3 from $w = 2$ on; column 6 turns an 8-like loop into a 6.
+# $w = 0$, a faint broken stroke at $w = 1$ and a 3 from $w = 2$ on; in column 5 a 2 becomes a 5 from $w = 2$ on.
 #
 # Guidance also makes the classifier confident: the share of samples it classifies with
 # confidence > 0.9 rises with $w$ just as the label match does. The Frechet distance is harder to
@@ -174,8 +174,8 @@ for w, shares in match.items():
     print(f"w = {w:<6} " + " ".join(f"{m:4.0%}" for m in shares))
 
 # %% [markdown] jupyter={"source_hidden": true}
-# Without guidance ($w = 1$) the conditional model already draws the asked-for 0s and 1s every
-# time; the misses are spread over the other digits, 2s, 4s and 5s most of all, and $w = 3$ fixes
+# Without guidance ($w = 1$) the conditional model already draws the asked-for 0s, 1s, 3s, 5s and 8s
+# every time; the misses are 2s and 9s (two each) and 4s, 6s and 7s (one each), and $w = 3$ fixes
 # every one of them in this draw (10 samples per digit, so one miss is 10 points).
 
 # %% jupyter={"source_hidden": true}

@@ -229,6 +229,10 @@ def test_10_guidance_makes_the_label_matter_and_fd_is_best_at_a_moderate_scale()
     more = numbers(r"(?m)^\s*([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)$", printed("10_conditional_generation", "# Solution 3:"))
     assert more[0][1] >= 90 and more[0][2] >= 90, "exercise 3: near the ceiling already at the lowest scale"
     assert more[0][3] < more[1][3] < more[2][3], "exercise 3: FD rises from the lowest scale to w = 3"
+    per_digit = {w: [int(v) for v in row.split()] for w, row in re.findall(
+        r"(?m)^w = ([\d.]+)\s+((?:\d+ +)+\d+) *$", printed("10_conditional_generation", "# Solution 1:").replace("%", " "))}
+    assert [d for d, v in enumerate(per_digit["1.0"]) if v == 100] == [0, 1, 3, 5, 8], "exercise 1: the digits drawn every time"
+    assert all(v == 100 for v in per_digit["3.0"]), "exercise 1: w = 3 fixes every miss"
 
 
 def test_11_fashion_is_greyer_and_harder_and_its_samples_are_not_copies():
