@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 11 · The same pipeline on Fashion-MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit eff025f; the notebook took 11 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 6608ba8; the notebook took 10 min 29 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Fashion-MNIST ([Xiao et al. 2017](https://arxiv.org/abs/1708.07747)) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
