@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 01 · The data pipeline: MNIST from disk to device
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 7 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 47423ea; the notebook took 7 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model learns to turn noise into images, so before any model we need images: the
@@ -41,7 +41,9 @@ PRESET = tutorial.setup("01_data_pipeline")
 # (`train-images-idx3-ubyte.gz`, ...), verifies their checksums and writes its own prepared copy to
 # `~/tensorflow_datasets` (or `$TFDS_DATA_DIR`). With no internet, put the same four files in
 # **`<data_dir>/downloads/manual/mnist/`** and TFDS prepares the dataset from them, checksums
-# still verified. If neither works, you get an error that names the files and the folder:
+# still verified. If neither works, you get an error that names the files and the folder. Here is
+# that message, printed as a demonstration (on this machine the data is prepared, as the next cell
+# shows):
 
 # %%
 print(data.missing_data_message("mnist", data.default_data_dir()))

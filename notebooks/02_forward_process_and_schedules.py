@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 02 · The forward process and noise schedules
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 11 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 47423ea; the notebook took 11 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # A diffusion model is trained on one simple task: given a digit that has been buried in a known
@@ -158,8 +158,8 @@ print(f"sqrt(alpha_bar) = {float(jnp.sqrt(cosine.alpha_bars[t_check])):.4f} "
 #
 # ## Summary
 # - Training draws $t$ uniformly and makes $x_t$ in one step with `q_sample`.
-# - The cosine schedule keeps the digit recognisable for longer and spends its timesteps evenly in
-#   log-SNR; it is the default here, as in the reference tutorial.
+# - The cosine schedule keeps the digit recognisable for longer and moves through the informative
+#   middle of the log-SNR range (SNR about 1e2 to 1e-2) at a nearly steady pace; it is the default here, as in the reference tutorial.
 # - Notebook 09 trains one model per schedule at equal compute and compares their samples.
 
 # %% [markdown]

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 04 · Training a DDPM on MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 47423ea; the notebook took 24 min 16 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 47423ea; the notebook took 24 min 16 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # This is the heart of the collection: the complete training run of the reference tutorial
@@ -256,7 +256,8 @@ print(inspect.getsource(train_step))
 #    makes $x_t$ in closed form (notebook 02); `prediction_target` is $v$ here (or $\varepsilon$,
 #    $x_0$), `loss_weights` the min-SNR weight of each example. (The `flow` branch is flow
 #    matching, another way to train the same network, which notebook 08 introduces.)
-# 3. A class-conditional model (notebook 10) replaces some labels by "no label".
+# 3. A class-conditional model (notebook 10) replaces some labels by "no label", for classifier-free
+#    guidance ([Ho & Salimans 2022](https://arxiv.org/abs/2207.12598)).
 # 4. `loss_fn` runs the network and averages the weighted per-image errors; `mask` drops the
 #    padding of an epoch's short last batch.
 # 5. `nnx.value_and_grad` gives the loss and its gradient with respect to the model's parameters;
@@ -350,7 +351,9 @@ print(f"{LOOP_STEPS} steps in {seconds:.1f} s ({LOOP_STEPS * cfg.batch_size / se
 # copies its EMA weights
 # into a frozen *guide*, a weaker version of the final model that sampling uses for autoguidance
 # (section 14, notebook 07). And it keeps a checkpoint every 2,000 steps besides the last three
-# (`keep_checkpoints_every`), for section 13.
+# (`keep_checkpoints_every`), for section 13. Besides the files the run lists when it ends, its folder
+# holds `history.json` (the logged loss and learning rate, which section 11 plots) and
+# `summary.json` (the figures printed below).
 
 # %%
 guide_at = f"guide at step {plan.guide_step:,}" if plan.guide_step is not None else "no guide"
@@ -377,8 +380,8 @@ print(f"the learning rate the run used at its {len(history['step']):,} logged st
 
 # %% [markdown]
 # The loss (blue, log scale; faint: every step, bold: moving average) drops fast in the first few
-# hundred steps, while the learning rate (orange) rises through its warm-up and the network learns
-# to remove most of the noise; it then keeps creeping down as the learning rate decays along the
+# hundred steps, most steeply around the end of the warm-up, when the learning rate (orange) reaches
+# its peak, and the network learns to remove most of the noise; it then keeps creeping down as the learning rate decays along the
 # cosine (section 4's schedule, as the printed check confirms). The per-step loss
 # stays noisy because every batch draws new timesteps, and some are much harder than others. The
 # next figure shows how much harder.

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 05 · Evaluating samples without downloading anything
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 1 min 06 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 2249510; the notebook took 1 min 06 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The training loss says how well the model predicts noise, not whether its digits are any good.
@@ -20,8 +20,9 @@
 # Gaussian to each set's features and measure how far apart the two Gaussians are. Inception was
 # trained on photographs, not 28x28 digits, and its weights are a download. For MNIST we use the
 # same formula with our own ruler: a small CNN classifier, trained once on the MNIST training set
-# and shipped with the package (section 1). Every figure below is computed against the 10,000 MNIST
-# test digits (section 2 gives the formulas):
+# and shipped with the package (section 1). The feature-space figures (FD, precision and recall) compare
+# the samples with the 10,000 MNIST test digits, the nearest-neighbour distance searches the 60,000
+# training digits, and confidence and class shares need no reference (section 2 gives the formulas):
 #
 # | figure | question it answers |
 # | --- | --- |
@@ -120,8 +121,9 @@ print(f"classifier test accuracy: {np.mean(np.argmax(logits, 1) == test_labels):
 # ## 3. Real digits, the trained model, and broken ones
 #
 # - **real test digits**: the first N of the 10,000 reference digits. They are part of the
-#   reference set, so their precision is 1 by construction; for every other figure they are the
-#   ceiling a model can reach;
+#   reference set, so their precision is 1 by construction; for every other figure they show what
+#   real digits score, the target a good model aims for (not a strict ceiling: the training-set
+#   copies below score a slightly lower FD);
 # - **trained model**: the 1,000 samples that notebook 04's run saved (`samples.npy`, section 14
 #   there), drawn from its EMA weights (notebook 04, section 7) with the preset's sampler and
 #   autoguidance (notebooks 06 and 07 explain both);

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 5 min 57 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 2249510; the notebook took 5 min 57 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict the noise in $x_t$ (as $v$, notebook 04). Sampling runs the
@@ -105,9 +105,9 @@ print(f"t = {t_mid} -> {t_mid - 1}: largest difference between algorithm 2 and D
 #
 # ## 2. DDIM's timesteps: explicit (t, t_prev) pairs
 #
-# A DDIM sampler with $N$ steps visits $N$ evenly spaced timesteps from $T-1$ down to 0; each step
+# A DDIM sampler with $S$ steps visits $S$ evenly spaced timesteps from $T-1$ down to 0; each step
 # goes from $t$ to the next one, $t_{prev}$, and the last step goes to "-1", the clean image
-# ($\bar\alpha_{-1} = 1$). Writing the pairs out avoids the off-by-one errors of `t - T // N`.
+# ($\bar\alpha_{-1} = 1$). Writing the pairs out avoids the off-by-one errors of `t - T // S`.
 
 # %%
 print("DDIM-10 pairs (t, t_prev):", [tuple(int(v) for v in p) for p in ddim_pairs(T, 10)])
@@ -241,7 +241,7 @@ print(f"DDPM-{T:<4d} {1.0:4.1f} {dt:8.1f} {q['frechet_distance']:7.1f} {q['confi
 test_images, _ = data.load_split("mnist", "test", limit=n_score)
 q = scores["real"] = evaluator.evaluate(np.asarray(data.to_model_range(jnp.asarray(test_images))))
 print(f"{n_score} real test digits        {q['frechet_distance']:7.1f} {q['confident_share']:10.1%}  "
-      f"(the best any sampler can score at this N)")
+      f"(what real digits score at this N)")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
@@ -271,8 +271,9 @@ tutorial.show(fig, "sampler_scores")
 # - **$\eta = 1$ is better at 25 and 100 steps**: about eight points more confident samples and a
 #   clearly lower Frechet distance. At 50 steps $\eta = 1$ is as much more confident but no lower in
 #   Frechet distance.
-# - **DDPM-1000 scores best of all**, a little better than DDIM-100 with $\eta = 1$ (the same sampler
-#   on a ten-times shorter subsequence), at ten times the network evaluations.
+# - **DDPM-1000 scores best of all**: a clearly lower Frechet distance than DDIM-100 with $\eta = 1$
+#   (the same sampler on a ten-times shorter subsequence) and a confident share within a few points
+#   of it, at ten times the network evaluations.
 # - **Real test digits** set the scale at this N: their Frechet distance is far above the 11 they
 #   score at N = 1,000 (the distance shrinks with N; notebook 05), so compare these distances only
 #   with each other, never with the Results page's.
@@ -333,7 +334,7 @@ tutorial.show_gif(gif, alt="reverse process animation")
 # midpoint has about 71% of the norm), which the model has never seen at $t = T$.
 
 # %%
-# Spherical linear interpolation (Shoemake 1985).
+# Spherical linear interpolation (Shoemake 1985, https://doi.org/10.1145/325165.325242).
 def slerp(z0: jax.Array, z1: jax.Array, alphas) -> jax.Array:
     """One noise tensor per alpha on the great circle from z0 to z1.
 
@@ -364,7 +365,7 @@ tutorial.show(fig, "interpolation")
 # first seed's 5 into the second's 1, through a 6-like shape. Along the straight line (bottom) the
 # middle frames start from noise with only about 70% of the expected norm, which the model has never
 # seen. With this model the two rows happen to look alike: the same 5, the same 6-like shape, then
-# thin 1s (less norm reads as "less ink"). Slerp is the correct path by
+# thin 1s. Slerp is the correct path by
 # construction; this model is simply not very sensitive to the difference for these two seeds.
 #
 # ## Summary
@@ -391,7 +392,7 @@ tutorial.show(fig, "interpolation")
 # %% jupyter={"source_hidden": true}
 # Solution 1: the same samples' noise as section 6, eta = 0.5; each score compared with eta = 0 and 1.
 # Halfway in eta need not be halfway in score: here the confident share lands between the two, the
-# FD on neither side (one draw of 300 samples; section 6 gives the size of such differences).
+# FD above both (one draw of 300 samples; section 6 gives the size of such differences).
 x = np.asarray(sample(ema_model, schedule, jax.random.key(21), n_score, steps=score_steps[0], eta=0.5,
                       prediction=cfg.prediction))
 q = evaluator.evaluate(x)

@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 08 · Flow matching: the same digits along a straight path
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 2249510; the notebook took 45 min 49 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 2249510; the notebook took 45 min 49 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Since 2023 the usual recipe for the job this collection does is **flow matching**
@@ -91,7 +91,9 @@ tutorial.show(fig, "two_paths")
 # %% [markdown]
 # Left: DDPM's coefficients follow a quarter circle, flow matching's a straight line between the same
 # end points. Right: the same digit
-# and the same noise along each path at evenly spaced fractions of the way.
+# and the same noise along each path at evenly spaced fractions of the way. The two rows look alike:
+# at equal fractions of the way both paths show about the same mix of digit and noise, and the digit
+# is gone in both by the last two frames.
 
 # %% [markdown]
 # ## 2. The objective and the train step
@@ -164,6 +166,9 @@ fig = plot_samples(x, title=f"flow matching, Heun with {steps} steps ({nfe} netw
 tutorial.show(fig, "samples")
 
 # %% [markdown]
+# Most of these samples are clean digits, and every class appears; a few are malformed (a blotch in
+# the bottom row, a broken 5 at the right end of the fourth row).
+#
 # ## 4. Sampling: Euler and Heun
 #
 # Euler's method takes the velocity at the start of a step and walks along it. Heun's takes a trial
@@ -191,6 +196,9 @@ fig = tutorial.plot_image_rows(rows, title="flow matching: x_t along Heun's 25 s
 tutorial.show(fig, "trajectories")
 
 # %% [markdown]
+# The noise begins to show a digit at $t = 0.6$; by $t = 0.4$ every digit's identity is settled, and
+# the later steps only sharpen the strokes and remove the remaining noise.
+#
 # ### Why fewer steps can suffice
 #
 # If every sample's trajectory were a straight line, one Euler step would land exactly on it. The

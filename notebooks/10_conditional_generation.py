@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 10 · Conditional generation with classifier-free guidance
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 87c25d7; the notebook took 15 min 15 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 87c25d7; the notebook took 15 min 15 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # So far the model draws *some* digit. To ask for a 7, we give the UNet the label as a second
@@ -47,7 +47,9 @@ TINY = PRESET == "tiny"
 # %% [markdown]
 # ## 1. A class-conditional model
 #
-# The preset's model with `num_classes=10`; everything else is unchanged. On a CPU we train it for
+# The preset's model with `num_classes=10` and 10% label dropout (above). Autoguidance, the
+# preset's other guidance (notebook 07), is off, because this notebook studies classifier-free
+# guidance alone; everything else is unchanged. On a CPU we train it for
 # 60% of the preset's steps (5,400 of 9,000; the time it took is printed below), so that the whole
 # notebook, guidance sweep included, runs in about a quarter of an hour on two cores. Samples use the
 # preset's sampler (`cfg.sampler` with `cfg.sample_steps` steps, printed below).
@@ -128,7 +130,7 @@ print(f"real test digits: {real['confident_share']:10.1%} {real['frechet_distanc
 # *less* like the variety of real handwriting. Exercise 3 repeats the comparison at N = 300.
 #
 # For comparison, we score the 1,000 samples of the unconditional tutorial run of notebook 04
-# (20 minutes of training, sampled with autoguidance):
+# (the preset's full 9,000 steps, sampled with autoguidance):
 
 # %%
 tutorial_run = tutorial.tutorial_run_dir(PRESET)
@@ -141,7 +143,7 @@ if (tutorial_run / "samples.npy").is_file():
 # %% [markdown]
 # Being told which digit to draw is a large help to a small, briefly trained model: with 12 minutes of
 # training and no autoguidance, the conditional model's samples at $w = 2$ are classified with
-# confidence more often than those of the 20-minute unconditional run, whose samples autoguidance
+# confidence more often than those of the full-length unconditional run, whose samples autoguidance
 # already improves (the shares above; the conditional one from only 100 samples). But it answers a
 # different question: the unconditional model has to decide the digit too.
 #

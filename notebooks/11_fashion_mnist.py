@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 11 · The same pipeline on Fashion-MNIST
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-06, commit 6608ba8; the notebook took 10 min 29 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 6608ba8; the notebook took 10 min 29 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Fashion-MNIST ([Xiao et al. 2017](https://arxiv.org/abs/1708.07747)) was built as a drop-in replacement for MNIST: 70,000 grey 28x28
@@ -72,14 +72,15 @@ print(f"mean pixel: MNIST {mnist.mean():.1f}, Fashion-MNIST {images.mean():.1f};
 
 # %% [markdown]
 # What changes for the model: MNIST is nearly binary (background or ink), while Fashion-MNIST has
-# many more mid-grey pixels and larger bright areas. The model must get *grey levels and texture*
+# many more mid-grey pixels and larger non-black areas (a mean pixel twice MNIST's), though fewer
+# pure-white ones. The model must get *grey levels and texture*
 # right, not only where the strokes are. Expect a higher loss and, at the same budget, samples
 # that get the silhouette right before the details.
 #
 # ## 2. Training, unchanged except for the dataset
 #
-# The preset's recipe with half its steps (4,500 of 9,000; the time it took is printed below, where
-# the MNIST tutorial run trains for about 20 minutes). The preset's
+# The preset's recipe with half its steps (4,500 of 9,000, where notebook 04's MNIST run trains
+# all 9,000; the time it took is printed below). The preset's
 # autoguidance (notebook 07) is turned off here: it was measured on digits only, and the samples
 # below show what the training alone gives.
 
@@ -117,12 +118,12 @@ fig = plot_samples(x, title=f"Fashion-MNIST samples, {cfg.sampler.upper()}-{cfg.
 tutorial.show(fig, "samples")
 
 # %% [markdown]
-# After the steps printed in section 2 (10 minutes of training) most samples are clearly one of the
+# After the steps printed in section 2 (about 10 minutes of training) most samples are clearly one of the
 # classes: trousers, sneakers, sandals and ankle boots, pullovers and shirts, T-shirts, dresses and
-# bags. Shapes come first; the grey levels inside them are still blotchy and noisy, and a few
-# samples are a shoe or a garment dissolving into speckle. Texture (knit patterns, prints, logos) is
-# what a short run gets wrong, and what longer training (the 20-minute budget of notebook 04, or a
-# GPU with the `paper` preset) improves. The final training loss is higher than MNIST's, with fewer
+# bags. Shapes come first; the grey levels inside them are still blotchy and noisy, and about one
+# sample in six is a shoe or a garment dissolving into speckle. Texture (knit patterns, prints,
+# logos) is what a short run gets wrong, and what longer training should improve (not measured
+# here). The final training loss is higher than MNIST's, with fewer
 # steps behind it: grey-level images leave more to predict (exercise 3 compares the two on held-out
 # images).
 #
@@ -172,9 +173,8 @@ print(f"share of mid-grey pixels (50-200): samples {np.mean((sample_pixels > 50)
       f"training images {np.mean((images > 50) & (images < 200)):.1%}")
 
 # %% [markdown] jupyter={"source_hidden": true}
-# The samples have fewer mid-grey pixels than the data: the model paints the insides of the
-# garments flatter than real fabric, with its shading and texture, is. Grey levels are what it
-# learns last.
+# The samples have fewer mid-grey pixels than the data: more of their pixels sit near black or
+# white, so the subtle shading of real fabric is what the model has not learnt yet.
 
 # %% jupyter={"source_hidden": true}
 # Solution 3: the training objective (weighted error of the prediction target) on held-out images.

@@ -71,6 +71,17 @@ def test_results_and_performance_pages_are_short_and_history_is_a_table():
     assert len(rows) >= 10, "history.md: the earlier runs as dated table rows"
 
 
+def test_dates_live_only_on_the_history_page():
+    """No dates in the notebooks' text (run records included), the README, the other docs pages or the code:
+    when something was measured belongs to docs/history.md."""
+    pages = [*(REPO / "notebooks").glob("[0-9][0-9]_*.py"), REPO / "README.md",
+             *(p for p in (REPO / "docs").glob("*.md") if p.name != "history.md"),
+             *(REPO / "helpers").glob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "tools").glob("*.py")]
+    dated = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in pages
+             for m in re.finditer(r"\b20\d{2}-[01]\d-[0-3]\d\b", p.read_text())]
+    assert not dated, f"dates outside docs/history.md: {dated}"
+
+
 def test_every_cited_paper_is_on_the_references_page_with_a_link():
     """Each arXiv link in the notebooks, README and docs is listed on docs/references.md, and the page names and
     links the reference tutorial."""

@@ -115,6 +115,9 @@ def test_06_eta_1_beats_eta_0_and_ddpm_1000_scores_best():
     assert ddpm[0] == min(fd for fd, _ in samplers.values()) and ddpm[1] == max(c for _, c in samplers.values()), \
         "DDPM-1000 scores best of all"
     assert all(scores["real"][0] < fd for fd, _ in samplers.values()), "real digits score best"
+    ddim100 = scores[f"DDIM-{steps[-1]} 1.0"]
+    assert ddim100[0] - ddpm[0] >= 10 and ddpm[1] - ddim100[1] <= 5, \
+        "DDPM-1000: a clearly lower FD than DDIM-100 with eta = 1, a confident share within a few points"
     verdicts = dict(re.findall(r"DDIM-\d+ (FD|confident share): eta = 0.5 gives [\d.]+, (between them|above both|below both)",
                                printed("06_sampling", "# Solution 1:")))
     assert verdicts == {"FD": "above both", "confident share": "between them"}, "exercise 1's reading"
@@ -141,7 +144,7 @@ def _sweep() -> dict[str, list[tuple[float, float, float]]]:
     return out
 
 
-def test_07_the_preset_sampler_is_best_per_evaluation_and_the_guide_is_worth_it():
+def test_07_the_preset_sampler_is_among_the_best_per_evaluation_and_the_guide_is_worth_it():
     sweep = _sweep()
     preset = sweep["dpmpp_2m_sde-50, guided all"]
     assert len(preset) == 3 and all(conf >= 90 for _, _, conf in preset)
@@ -157,6 +160,8 @@ def test_07_the_preset_sampler_is_best_per_evaluation_and_the_guide_is_worth_it(
     off, guided25 = sweep["dpmpp_2m_sde-50, guided off"][0], sweep["dpmpp_2m_sde-25, guided all"][0]
     assert off[0] == guided25[0] and 1.7 <= off[1] / guided25[1] <= 2.3 and off[2] < guided25[2], "the guide is worth it"
     assert sweep["dpmpp_2m_sde-10, guided all"][0][1] > 3 * high, "10 steps are far worse"
+    low_t, high_t = numbers(r"0.28 < sigma <= 2.9 is (\d+) <= t <= (\d+)", printed("07_faster_sampling_and_guidance", "inside = "))[0]
+    assert 0 < low_t < high_t < 999, "section 3: the interval is a middle range of t"
 
 
 def test_05_the_trained_model_lands_between_real_digits_and_broken_ones_without_copying():
@@ -172,6 +177,7 @@ def test_05_the_trained_model_lands_between_real_digits_and_broken_ones_without_
     assert abs(model[4] - copies[4]) <= 0.05 and abs(model[5] - copies[5]) <= 0.05, "precision/recall near the copies'"
     assert copies[6] < 0.05 and real[6] < nn, "copies sit at 0; the model's samples a little farther than real digits"
     assert real[4] == 1.0, "the real test digits' precision is 1 by construction"
+    assert table["training set copies"][0] < real[0], "not a strict ceiling: the copies score a slightly lower FD"
     untrained = table["untrained UNet"]
     assert untrained[0] > 1000 and untrained[4] == 0 and untrained[1] > 90 and untrained[3] == 100, \
         "the untrained UNet draws noise: huge FD, zero precision, yet confident, all in one class"

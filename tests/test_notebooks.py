@@ -96,17 +96,7 @@ def test_committed_outputs_show_each_progress_bar_once():
             assert all(a is None or a != b for a, b in zip(names, names[1:])), f"{p.stem} cell {i}: unmerged streams"
 
 
-# Notebooks whose committed outputs were made by code that has changed since (the run layer of fixed
-# plans): listed here, and only here, until the tutorials' next edition re-executes them on the final
-# code and empties this set. A listed notebook whose record is valid again fails (strict), so the set
-# cannot outlive its reason.
-AWAITING_REEXECUTION = {"09_experiments"}  # trains seven runs of its own (38 min); the others ran on the current code
-
-
-@pytest.mark.parametrize("notebook", [
-    pytest.param(nb, marks=pytest.mark.xfail(strict=True, reason=f"{nb}: awaiting re-execution on the current "
-                                                                 f"code (`python tools/run_notebooks.py {nb[:2]}`)"))
-    if nb in AWAITING_REEXECUTION else nb for nb in EXPECTED])
+@pytest.mark.parametrize("notebook", EXPECTED)
 def test_run_record_names_the_commit_whose_code_made_the_outputs(notebook):
     """The run record's `commit <hash>`: the notebook's own code and that of helpers/ and notebooks/tutorial/
     are unchanged since that commit (ASTs without docstrings, so prose edits alone do not count)."""
@@ -115,9 +105,7 @@ def test_run_record_names_the_commit_whose_code_made_the_outputs(notebook):
     record = tool.RECORD.search(py.read_text())
     assert record, f"{notebook}: no run record"
     commit = tool.RECORD_COMMIT.search(record.group(0))
-    if commit is None:
-        pytest.skip(f"{notebook}'s run record names no commit: its outputs predate commit records; "
-                    f"re-execute it with `python tools/run_notebooks.py {notebook[:2]}`")
+    assert commit, f"{notebook}: its run record names no commit: re-execute it with `python tools/run_notebooks.py {notebook[:2]}`"
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("no git history here: the run record's commit cannot be checked")
     try:

@@ -5,7 +5,7 @@
 
 Each notebook is executed from its `.py` (the source of truth) in a fresh kernel with
 TUTORIAL_PRESET set; its first cell's "Run record" line is rewritten with the preset, the machine,
-the date, the commit of the code that ran and the wall time; then `jupytext --update` writes the
+the commit of the code that ran and the wall time; then `jupytext --update` writes the
 `.ipynb` (outputs kept), so the pair is in sync exactly as CI checks it. Consecutive stream outputs
 are merged and carriage returns resolved, as a terminal shows them, so a progress bar leaves its
 final state, not hundreds. Later notebooks reuse the run notebook 04 trained (runs/tutorial-<preset>/);
@@ -90,7 +90,7 @@ def execute(py: Path, preset: str, machine: str, timeout: int, commit: str) -> f
 
     CoalesceStreamsPreprocessor().preprocess(nb, {})
     record = (f"# > **Run record:** the outputs below are from a real run at preset `{preset}` on {machine}, "
-              f"{time.strftime('%Y-%m-%d')}, commit {commit}; the notebook took {_minutes(seconds)} "
+              f"commit {commit}; the notebook took {_minutes(seconds)} "
               f"(`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.")
     text = py.read_text()
     if not RECORD.search(text):
