@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 06 · Sampling: DDPM, DDIM and what each step does
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 2249510; the notebook took 5 min 57 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit c1ecbe4; the notebook took 6 min 04 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Training taught the network to predict the noise in $x_t$ (as $v$, notebook 04). Sampling runs the
@@ -186,8 +186,9 @@ fig = tutorial.plot_image_rows({f"{sampler.upper()}-{steps}": results[(sampler, 
 tutorial.show(fig, "steps_vs_quality")
 
 # %% [markdown]
-# Time grows linearly with the number of network calls: every row takes about the same time per
-# call (the last column). In the grid, DDIM-10 already draws the same digits as DDIM-200, a little
+# Time grows about linearly with the number of network calls: from 20 calls on, every row takes
+# about the same time per call (the last column); the 10-call row pays more per call, since whatever
+# a sampling run costs besides its network calls is shared by only ten of them. In the grid, DDIM-10 already draws the same digits as DDIM-200, a little
 # rougher in places; by eye, more steps change little.
 # The DDIM rows share their noise and, with $\eta = 0$, are deterministic, so they refine the *same*
 # digits; DDPM adds fresh noise at each of its 1,000 steps, so from the same start it draws different

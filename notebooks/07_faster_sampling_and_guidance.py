@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 07 · Faster sampling and guidance: autoguidance, DPM-Solver++, quality per network evaluation
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit 8950419; the notebook took 11 min 06 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit c1ecbe4; the notebook took 10 min 56 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # Notebook 06 sampled the trained model with DDPM and DDIM and scored the digits. This notebook

@@ -38,15 +38,16 @@ import helpers  # noqa: F401
 import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers import data
 from helpers.config import get_config
+from helpers.distributed import data_mesh
 from helpers.losses import sample_timesteps, to_x0_and_eps
 from helpers.metrics import get_evaluator
-from helpers.training import noise_schedule
+from helpers.training import BatchFeed, TrainState, noise_schedule, seconds_per_step
 
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("09_experiments")
 TINY = PRESET == "tiny"
-BUDGET_MINUTES = 4.5  # training time of each variant on a CPU (the tiny preset: 8 steps each)
+BASE_STEPS = 8 if TINY else get_config(PRESET).max_steps // 5  # the baseline's steps: a fifth of the preset's run
 NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
 
 # %% [markdown]
@@ -54,8 +55,9 @@ NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
 #
 # Sample quality grows quickly with training time at first (the docs' Results page measures it from
 # 5 to 40 minutes). These runs sample without autoguidance, so that each score measures the trained
-# network alone, and every variant gets 4.5 minutes: long enough that the baseline draws
-# digits (with scribbles among them), short enough that seven runs fit in about forty minutes. The
+# network alone, and every variant gets the baseline's training time, a fifth of the preset's run
+# (about 4.5 minutes on two cores): long enough that the baseline draws digits (with scribbles among
+# them), short enough that seven runs fit in about forty minutes. The
 # baseline is trained twice, with two seeds, so that the table shows how far two runs of the *same*
 # recipe land apart: a difference between variants smaller than that is noise.
 
@@ -85,25 +87,55 @@ for name, change in variants.items():
 # %% [markdown]
 # ## 2. Equal compute
 #
-# Every run gets the same **wall time**, 4.5 minutes of training, through a time budget (`minutes`,
-# notebook 04, section 10): before training, the run times one compiled step and plans the steps that fill the
-# budget, once, so its learning-rate decay ends with the budget. A cheaper model therefore takes more
-# steps and a larger one fewer; the variants that change only the seed, the target, the weighting or
-# the schedule cost the same per step and differ in steps only by the noise of that one timing.
+# Every run gets the same **training time**, as a fixed plan of steps. The variants that change
+# only the seed, the target, the weighting or the schedule cost the same per step as the baseline, so
+# they train exactly its steps. A narrower or wider UNet costs less or more per step: we time a step
+# of each width, in rounds that take turns (so that the machine's speed, which drifts within minutes,
+# hits every width alike; the docs' Performance page measures the drift), and scale its steps by its
+# speed relative to the baseline's. Each run's learning rate then decays over its own steps.
+#
+# Why not a time budget (`minutes`, notebook 04, section 10)? It times a few steps of each run just
+# before it trains, at a different moment for each run; with a drifting machine speed, two runs of
+# the same recipe would then train different numbers of steps.
 
 # %%
 images, _ = data.load_split("mnist", "train", limit=base.train_limit)
-configs = {}
-for name, change in variants.items():
-    budget = {} if TINY else {"minutes": BUDGET_MINUTES}
-    configs[name] = base.replace(**change, **budget, num_samples=NUM_SAMPLES, guide_fraction=None,
-                                 autoguidance_scale=1.0)  # training choices only: no guide
-    print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(configs[name].model))):>10,} parameters")
+configs = {name: base.replace(**change, num_samples=NUM_SAMPLES, guide_fraction=None, autoguidance_scale=1.0)
+           for name, change in variants.items()}  # training choices only: no guide (section 1)
+
+
+def step_seconds_by_width(cfg_by_width: dict, rounds: int = 3, steps: int = 20) -> dict:
+    """Median seconds per train step of each UNet width, timed in rounds whose order rotates, after a
+    warm-up round (a process's first steps of a shape are slower: it is still allocating memory)."""
+    mesh = data_mesh()
+    feeds = {w: BatchFeed(c, TrainState(c), images, None, mesh) for w, c in cfg_by_width.items()}
+    widths, times = list(cfg_by_width), {w: [] for w in cfg_by_width}
+    for r in range(rounds + 1):
+        for w in widths[r % len(widths):] + widths[:r % len(widths)]:
+            seconds = seconds_per_step(cfg_by_width[w], feeds[w], steps)
+            if r > 0:  # round 0 is the warm-up
+                times[w].append(seconds)
+    return {w: float(np.median(t)) for w, t in times.items()}
+
+
+by_width = {cfg.model.hidden_dims: cfg for cfg in configs.values()}
+seconds = {base.model.hidden_dims: 1.0}  # one width (the tiny preset's four variants): nothing to time
+if len(by_width) > 1:
+    seconds = step_seconds_by_width(by_width)
+    for width, s in seconds.items():
+        print(f"UNet {str(width):14s} {1000 * s:5.0f} ms per step, {seconds[base.model.hidden_dims] / s:4.2f}x the "
+              f"baseline's speed")
+for name, cfg in configs.items():  # the baseline's width: exactly its steps; another: scaled by its speed, in chunks
+    speed = seconds[base.model.hidden_dims] / seconds[cfg.model.hidden_dims]
+    steps = BASE_STEPS if speed == 1.0 else max(1, round(BASE_STEPS * speed / cfg.log_every)) * cfg.log_every
+    configs[name] = cfg.replace(max_steps=steps)
+    print(f"{name:18s} {count_params(nnx.eval_shape(lambda: create_unet(cfg.model))):>10,} parameters, "
+          f"{configs[name].max_steps:,} steps")
 
 # %% [markdown]
 # The small UNet (8/16/32) has about a quarter of the baseline's parameters and the large one
-# (32/64/128) about four times as many; what that costs per
-# step shows in the images/s column of the results below.
+# (32/64/128) about four times as many, but their cost per step differs by less than that (the
+# speeds printed above).
 #
 # ## 3. Training every variant
 #
@@ -221,7 +253,7 @@ tutorial.show(fig, "variants_side_by_side")
 # - The **training loss** column mixes different quantities (v vs epsilon targets, weighted vs
 #   unweighted, different schedules) and must not be compared across rows.
 #
-# To test a finding with more confidence, raise `BUDGET_MINUTES` and `NUM_SAMPLES`, train more seeds
+# To test a finding with more confidence, raise `BASE_STEPS` and `NUM_SAMPLES`, train more seeds
 # of the baseline, and run on an otherwise idle machine.
 #
 # ## Summary
