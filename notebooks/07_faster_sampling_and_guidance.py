@@ -256,7 +256,8 @@ tutorial.show(fig, "quality_per_nfe")
 
 # %% [markdown]
 # What the sweep shows (at N = 1,000 one setting's FD moves by several points between noise seeds:
-# the preset's three seeds give its range):
+# the preset's three seeds give its range, the bar on the pink square; settings of equal NFE are drawn
+# slightly apart, so that none hides another):
 #
 # - **The preset's setting is among the best per evaluation**: DPM-Solver++(2M) SDE with 50 steps,
 #   guided at every step (100 evaluations), has the lowest FD of the 100-evaluation settings on

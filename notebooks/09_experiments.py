@@ -9,7 +9,7 @@
 # %% [markdown]
 # # 09 · Experiments at equal compute
 #
-# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), 2026-12-04, commit fd9d6b3; the notebook took 38 min 22 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
+# > **Run record:** the outputs below are from a real run at preset `cpu` on cpu x1 (AMD EPYC, 2 cores), commit ac9847c; the notebook took 39 min 35 s (`python tools/run_notebooks.py`). `TUTORIAL_PRESET=tiny` runs it in seconds.
 
 # %% [markdown]
 # The reference tutorial (Artifex's ["Training a Diffusion Model on MNIST"](https://docs.avitai.bio/artifex/examples/basic/diffusion-mnist)) lists experiments to try (cosine vs linear schedule, Huber vs MSE,
@@ -208,43 +208,43 @@ tutorial.show(fig, "variants_side_by_side")
 # How to read the table and the grids (one row of samples per variant; every row but the second
 # starts from the same noise):
 #
-# - **The baseline draws digits, not yet good ones.** After 4.5 minutes most of its samples are
-#   digits (1s, 7s, 9s, 3s and 8s are easy to find in its row) and a good part are still scribbles:
+# - **The baseline draws digits, not yet good ones.** After its 1,800 steps most of its samples are
+#   digits (1s, 7s, 9s and 2s are easy to find in its row) and a good part are still scribbles:
 #   a bit over half are classified with confidence, and the Frechet distance is more than ten times
 #   that of real digits at the same N. This compares how fast each recipe *learns*, at the budget a
 #   reader with a few minutes of CPU has; the Results page's 20-minute runs are the long-run
 #   counterpart.
 # - **Two seeds of the same recipe set the noise level, and it is large.** The baseline's two runs
-#   differ in Frechet distance by the amount printed below the table, much more than in confident
-#   share. Part of it may be the plan: each run planned its steps from its own timing of one step
-#   (the steps column), so two runs of one recipe need not train the same number of steps.
-#   A variant's FD inside the two seeds' range says nothing, and neither does a confident share
-#   within a few points (exercise 3 measures the standard error of one share).
+#   train the same steps and differ only in their seed (initialisation, data order, noise), yet
+#   their scores differ by the amounts printed below the table: about a tenth in Frechet distance
+#   and six points of confident share. A variant's FD within about that gap of the seeds' range says
+#   little, and so does a confident share within about six points (exercise 3 measures the standard
+#   error of one share).
 # - **At this budget the prediction target stays inside the noise**: epsilon-prediction's confident
-#   share lies within a few points of both seeds and its FD below both, though its row shows
-#   somewhat thicker, blotchier shapes. Where the two targets do differ is the image estimate at the
-#   noisy end: the sampler recovers the image as
+#   share is within a point of the baseline's and its FD just below both seeds', by much less than
+#   they differ, though its row shows a few blotchier shapes. Where the two targets do differ is
+#   the image estimate at the noisy end: the sampler recovers the image as
 #   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error in
 #   $\hat\varepsilon$ by $1/\sqrt{\bar\alpha_t}$, most of all at the noisy steps where $\bar\alpha_t$ is
-#   small (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. Over 20 minutes
-#   that difference showed in the samples (the Results page, "How the preset was chosen").
+#   small (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. In the preset
+#   search's 20-minute runs (the docs' Earlier runs page) v-prediction drew clearly better samples.
 # - **The denoising error is a fair yardstick within one schedule, not across schedules**: the
-#   linear schedule has by far the lowest, yet its samples are no better beyond the noise (a
-#   confident share about a point above the better seed's, an FD inside the seeds' range). At the
+#   linear schedule has by far the lowest, yet its samples are no better (a confident share between
+#   the two seeds', an FD above both by less than they differ). At the
 #   same $t$ its $\bar\alpha_t$ is lower than the cosine schedule's, so its $x_t$ holds more noise,
 #   and noise is easier to predict the more of it there is; averaged over uniform $t$, that flatters
 #   it (exercise 1).
 # - **Model size, at equal time: bigger is no better, smaller is worse.** The small UNet takes the
-#   most steps and the large one the fewest (its images/s are half the baseline's or less). The
+#   most steps and the large one the fewest (its images/s are less than half the baseline's). The
 #   large UNet learns more per step and makes up for taking fewer: its FD lies below both seeds', by
-#   less than the seeds differ, and its confident share is within a few points. The small UNet's
-#   many cheap steps do not make up for its size: its confident share is the lowest in the table,
-#   about seven points below the baseline's, the one gap near the edge of the noise. The preset's
-#   width is chosen for the 20-minute run, where the Results page compares the sizes at full length.
-# - **Min-SNR weighting does not show in the confident share at this budget**: uniform weighting
-#   lands within a point of the baseline's, and its FD above both seeds', by less than the two
-#   seeds' own gap. Its purpose ([Hang et al. 2023](https://arxiv.org/abs/2303.09556); notebook 04, section 6) is faster convergence of the middle noise
-#   levels, which a 20-minute run measures better than a 4.5-minute one.
+#   less than the seeds differ, and its confident share is within a point of the baseline's. The
+#   small UNet's many cheap steps do not make up for its size: its confident share is the lowest in
+#   the table, seven points below the baseline's, and its FD lies above both seeds' by more than
+#   twice their gap. The preset's width is chosen for the 20-minute run.
+# - **Min-SNR weighting shows in the Frechet distance, not in the confident share**: uniform
+#   weighting's share is within a point of the baseline's, but its FD lies above both seeds' by
+#   more than twice their gap. Min-SNR's purpose ([Hang et al. 2023](https://arxiv.org/abs/2303.09556);
+#   notebook 04, section 6) is faster convergence, so a short run is where it should show.
 # - **The seed decides the digit, the recipe how clean it is**: the same column looks alike in most
 #   rows, because those variants start from the same noise and draw the same sampler noise. The
 #   second seed's row differs entirely (another initialisation and another noise), and the linear
@@ -326,6 +326,6 @@ print(f"baseline: {np.mean(confident):.1%} confident, bootstrap standard error {
 #
 # **3.** The bootstrap standard error of one confident share of 500 samples is about two points, so
 # two shares must differ by about six points (twice the standard error of a difference) before the
-# sampling alone cannot explain it. The two seeds differ by less than that in confident share; their
-# Frechet distances differ far more, since training noise (and the steps each run got) moves FD
-# more than it moves the share.
+# sampling alone cannot explain it. The two seeds differ by about that much: their gap is at the
+# edge of what the sampling of 500 digits explains, and the rest is the training seed. Compare a
+# variant with both seeds, never with the baseline alone.
