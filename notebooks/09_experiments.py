@@ -209,35 +209,38 @@ tutorial.show(fig, "variants_side_by_side")
 # starts from the same noise):
 #
 # - **The baseline draws digits, not yet good ones.** After its 1,800 steps most of its samples are
-#   digits (1s, 7s, 9s and 2s are easy to find in its row) and a good part are still scribbles:
+#   digits (1s, 7s, 9s and 3s are easy to find in its row) and a good part are still scribbles:
 #   a bit over half are classified with confidence, and the Frechet distance is more than ten times
 #   that of real digits at the same N. This compares how fast each recipe *learns*, at the budget a
 #   reader with a few minutes of CPU has; the Results page's 20-minute runs are the long-run
-#   counterpart.
+#   counterpart (with autoguidance and at N = 1,000, so compare their samples, not their figures).
 # - **Two seeds of the same recipe set the noise level, and it is large.** The baseline's two runs
 #   train the same steps and differ only in their seed (initialisation, data order, noise), yet
-#   their scores differ by the amounts printed below the table: about a tenth in Frechet distance
-#   and six points of confident share. A variant's FD within about that gap of the seeds' range says
+#   their scores differ by the amounts printed below the table: about 39 in Frechet distance (a
+#   tenth of either score) and six points of confident share. A variant's FD within about that gap of the seeds' range says
 #   little, and so does a confident share within about six points (exercise 3 measures the standard
 #   error of one share).
 # - **At this budget the prediction target stays inside the noise**: epsilon-prediction's confident
 #   share is within a point of the baseline's and its FD just below both seeds', by much less than
 #   they differ, though its row shows a few blotchier shapes. Where the two targets do differ is
 #   the image estimate at the noisy end: the sampler recovers the image as
-#   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which amplifies any error in
-#   $\hat\varepsilon$ by $1/\sqrt{\bar\alpha_t}$, most of all at the noisy steps where $\bar\alpha_t$ is
-#   small (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. In the preset
+#   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which multiplies any error in
+#   $\hat\varepsilon$ by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$, a factor that grows without bound at the
+#   noisy steps where $\bar\alpha_t$ goes to 0 (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. In the preset
 #   search's 20-minute runs (the docs' Earlier runs page) v-prediction drew clearly better samples.
-# - **The denoising error is a fair yardstick within one schedule, not across schedules**: the
-#   linear schedule has by far the lowest, yet its samples are no better (a confident share between
+# - **The denoising error says how well a model predicts the noise, not how good its samples
+#   are**: the linear schedule has by far the lowest, yet its samples are no better (a confident share between
 #   the two seeds', an FD above both by less than they differ). At the
 #   same $t$ its $\bar\alpha_t$ is lower than the cosine schedule's, so its $x_t$ holds more noise,
 #   and noise is easier to predict the more of it there is; averaged over uniform $t$, that flatters
-#   it (exercise 1).
+#   it (exercise 1). Within the cosine schedule too, uniform weighting has the lowest error of the
+#   same-schedule rows, beyond the seeds' difference, and the worst FD (next bullets): the average
+#   over uniform $t$ is dominated by the nearly clean steps (exercise 1's first row), which uniform
+#   weighting trains at full weight and min-SNR weighting down-weights.
 # - **Model size, at equal time: bigger is no better, smaller is worse.** The small UNet takes the
 #   most steps and the large one the fewest (its images/s are less than half the baseline's). The
 #   large UNet learns more per step and makes up for taking fewer: its FD lies below both seeds', by
-#   less than the seeds differ, and its confident share is within a point of the baseline's. The
+#   less than the seeds differ, and its confident share is one point below the baseline's. The
 #   small UNet's many cheap steps do not make up for its size: its confident share is the lowest in
 #   the table, seven points below the baseline's, and its FD lies above both seeds' by more than
 #   twice their gap. The preset's width is chosen for the 20-minute run.
@@ -245,11 +248,11 @@ tutorial.show(fig, "variants_side_by_side")
 #   weighting's share is within a point of the baseline's, but its FD lies above both seeds' by
 #   more than twice their gap. Min-SNR's purpose ([Hang et al. 2023](https://arxiv.org/abs/2303.09556);
 #   notebook 04, section 6) is faster convergence, so a short run is where it should show.
-# - **The seed decides the digit, the recipe how clean it is**: the same column looks alike in most
-#   rows, because those variants start from the same noise and draw the same sampler noise. The
-#   second seed's row differs entirely (another initialisation and another noise), and the linear
-#   schedule's differs most among the others: its noise levels, and so the path from noise to
-#   image, are different.
+# - **The seed and the schedule decide the digit, the rest of the recipe how clean it is**: the same
+#   column looks alike in five rows, because those variants start from the same noise and draw the
+#   same sampler noise. The second seed's row differs entirely (another initialisation and another
+#   noise), and so does, almost entirely, the linear schedule's: its noise levels, and so the path
+#   from noise to image, are different.
 # - The **training loss** column mixes different quantities (v vs epsilon targets, weighted vs
 #   unweighted, different schedules) and must not be compared across rows.
 #
@@ -258,8 +261,9 @@ tutorial.show(fig, "variants_side_by_side")
 #
 # ## Summary
 # One table, one budget, every variant trained for real, and the baseline twice so that the noise
-# of a score is on the table. Use the sample scores (and the denoising error within one schedule),
-# not the training loss, to compare objectives.
+# of a score is on the table. Compare objectives by their sample scores: the training loss mixes
+# different quantities, and the denoising error says how well a model predicts the noise, not how
+# good its samples are.
 #
 # ## Exercises
 #
@@ -316,8 +320,10 @@ print(f"baseline: {np.mean(confident):.1%} confident, bootstrap standard error {
 # **1.** The linear schedule's noise-prediction error is the lower one at every $t$, not only at the
 # noisy end. The same $t$ is not the same noise level in the two schedules: the linear schedule's
 # $\bar\alpha_t$ falls faster (notebook 02), so at every $t$ its $x_t$ is noisier, and predicting
-# the noise is easier the more of $x_t$ it makes up. Compare schedules by samples, or at equal
-# $\bar\alpha$, never by an error averaged over $t$.
+# the noise is easier the more of $x_t$ it makes up. In absolute terms the gap is largest at the
+# nearly clean end (the first row), which is what the average over $t$ mostly sees; relative to the
+# error it is largest at the noisy end. Compare schedules by samples, or at equal $\bar\alpha$,
+# never by an error averaged over $t$.
 #
 # **2.** At small $t$ the two image estimates are close; towards $t = T$ the epsilon model's
 # $\hat x_0$ error grows far beyond the v model's, by over an order of magnitude at the last $t$:
@@ -326,6 +332,6 @@ print(f"baseline: {np.mean(confident):.1%} confident, bootstrap standard error {
 #
 # **3.** The bootstrap standard error of one confident share of 500 samples is about two points, so
 # two shares must differ by about six points (twice the standard error of a difference) before the
-# sampling alone cannot explain it. The two seeds differ by about that much: their gap is at the
-# edge of what the sampling of 500 digits explains, and the rest is the training seed. Compare a
-# variant with both seeds, never with the baseline alone.
+# sampling alone cannot explain it. The two seeds differ by about that much, so the sampling of
+# 500 digits nearly accounts for their gap; the training seed may add to it, but one pair cannot
+# show how much. Compare a variant with both seeds, never with the baseline alone.
