@@ -106,7 +106,7 @@ configs = {name: base.replace(**change, num_samples=NUM_SAMPLES, guide_fraction=
 
 def step_seconds_by_width(cfg_by_width: dict, rounds: int = 3, steps: int = 20) -> dict:
     """Median seconds per train step of each UNet width, timed in rounds whose order rotates, after a
-    warm-up round (a process's first steps of a shape are slower: it is still allocating memory)."""
+    warm-up round (the first timed steps of a shape in a process tend to be slower than the later ones)."""
     mesh = data_mesh()
     feeds = {w: BatchFeed(c, TrainState(c), images, None, mesh) for w, c in cfg_by_width.items()}
     widths, times = list(cfg_by_width), {w: [] for w in cfg_by_width}
