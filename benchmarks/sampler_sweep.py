@@ -5,13 +5,15 @@
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "ddim eta=1 100 all" "ddim eta=1 50 all"
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "dpmpp_2m_sde 50 all" --autoguidance-scale 2.5
     python benchmarks/sampler_sweep.py runs/cpu --seeds 3 --only "dpmpp_2m_sde 50 all" --guide-step 2000
+    python benchmarks/sampler_sweep.py runs/cpu --seeds 4 --settings "dpmpp_2m_sde 20 interval w=2.5" "ddim eta=1 30 off"
 
 Each setting draws N samples (default 1,000, the main job's N) from the same starting noise and scores
 them with the shipped classifier; `--seeds 3` repeats each with three noise seeds, so the noise of each
 figure is known. `--guide-step S` guides with the EMA weights of the run's kept checkpoint of step S instead
 of the run's own guide (the guide's age). Results go to OUT.json (default RUN_DIR/sampler_sweep; merged with earlier rows) with
 the run, machine and commit, and a plot of FD against network evaluations, one line per sampler and
-guidance setting, to OUT.png.
+guidance setting, to OUT.png. `--settings` names settings outside the grid: "SAMPLER [eta=E] STEPS GUIDANCE
+[w=W]", GUIDANCE one of the INTERVALS below.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def setting_name(sampler: str, eta: float, steps: int, guidance: str, scale: flo
     sweep sets one other than the run's own)."""
     return f"{sampler}{f' eta={eta:g}' if sampler == 'ddim' else ''} {steps} {guidance}" + (
         f" w={scale:g}" if scale is not None and guidance != "off" else "")
+
+
+def parse_setting(text: str) -> tuple:
+    """'dpmpp_2m_sde 20 interval w=2.5' -> (sampler, eta, steps, guidance, w or None); ValueError if malformed."""
+    words = text.split()
+    options = dict(w.split("=", 1) for w in words if "=" in w)
+    plain = [w for w in words if "=" not in w]
+    if len(plain) != 3 or plain[2] not in INTERVALS or not plain[1].isdigit() or set(options) - {"eta", "w"}:
+        raise ValueError(f"{text!r} is not 'SAMPLER [eta=E] STEPS GUIDANCE [w=W]' (GUIDANCE: {', '.join(INTERVALS)})")
+    return (plain[0], float(options.get("eta", 0.0)), int(plain[1]), plain[2],
+            float(options["w"]) if "w" in options else None)
 
 
 def score(run, sampler, eta, steps, guidance, seed, n, data_dir, manual_dir, scale=None) -> dict:
@@ -122,6 +135,8 @@ def parse_args(argv):
     p.add_argument("--n", type=int, default=1000, help="samples per setting (FD depends on N: keep it fixed)")
     p.add_argument("--seeds", type=int, default=1, help="noise seeds per setting")
     p.add_argument("--only", nargs="+", default=None, help="settings whose name contains one of these texts")
+    p.add_argument("--settings", nargs="+", default=None, metavar="SETTING",
+                   help="settings outside the grid, e.g. 'dpmpp_2m_sde 20 interval w=2.5'")
     p.add_argument("--autoguidance-scale", type=float, default=None,
                    help="guidance scale w for the guided settings (default: the run's own)")
     p.add_argument("--guide-step", type=int, default=None,
@@ -135,7 +150,12 @@ def parse_args(argv):
         p.error("--n must be at least 2 (FD needs a covariance) and --seeds at least 1")
     if args.autoguidance_scale is not None and args.autoguidance_scale < 1:
         p.error("--autoguidance-scale must be at least 1 (1 turns autoguidance off)")
-    grid = [s for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
+    grid = [(*s, None) for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
+    if args.settings:
+        try:
+            grid = [parse_setting(text) for text in args.settings]
+        except ValueError as err:
+            p.error(str(err))
     if not grid:
         p.error(f"--only matches no setting; the settings are: {', '.join(setting_name(*s) for s in GRID)}")
     return p, args, grid
@@ -180,7 +200,8 @@ def main(argv=None) -> int:
     record = {"run": args.run_dir, "steps": run[1].step, "machine": machine_description(), "commit": commit}
     for setting in grid:
         for seed in range(args.seeds):
-            row = score(run, *setting, seed, args.n, args.data_dir, args.manual_dir, args.autoguidance_scale)
+            scale = setting[4] if setting[4] is not None else args.autoguidance_scale
+            row = score(run, *setting[:4], seed, args.n, args.data_dir, args.manual_dir, scale)
             if args.guide_step is not None and setting[3] != "off":
                 row.update(setting=f"{row['setting']} guide={args.guide_step}", guide_step=args.guide_step)
             rows = [r for r in rows if (r["setting"], r["seed"], r["n"]) != (row["setting"], seed, args.n)] + [row]

@@ -3,8 +3,6 @@
 complete, so a run killed mid-save keeps its previous ones; `restore_latest` skips unreadable ones, saying
 so. With several processes each calls `save` and `restore`; orbax writes each array and the metadata once."""
 
-from __future__ import annotations
-
 import json
 import logging
 import warnings
@@ -39,14 +37,11 @@ def _pure(state) -> dict:
     return jax.tree.map(raw, nnx.to_pure_dict(state))
 
 
-def _abstract(pure: dict, sharding):
-    """Shapes, dtypes and shardings to restore into: the live arrays' own, or `sharding` for abstract ones."""
-    def leaf(x):
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or sharding)
-        return ocp.utils.to_shape_dtype_struct(x)
-
-    return jax.tree.map(leaf, pure)
+def _abstract(pure: dict):
+    """Shapes, dtypes and shardings to restore into: the live arrays' own, or (an abstract state from
+    `nnx.eval_shape`) this process's first device."""
+    default = SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding or default), pure)
 
 
 class CheckpointManager:
@@ -54,9 +49,8 @@ class CheckpointManager:
     notebook 04 samples from them), restore the newest readable one."""
     def __init__(self, directory, keep: int = 3, keep_every: int | None = None):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every, create=True,
-                                               enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_every, create=True, enable_async_checkpointing=True))
 
     def steps(self) -> list[int]:  # of the checkpoints on disk, oldest first
         self.wait()
@@ -66,41 +60,37 @@ class CheckpointManager:
     def wait(self) -> None:  # until a save still being written in the background is complete
         self._manager.wait_until_finished()
 
-    def save(self, step: int, module: nnx.Module, meta: dict) -> int:
-        """Start writing `module`'s state and `meta` as the checkpoint of `step`; returns the step. The
-        arrays are copied first, so training goes on while the files are written (`wait` for them)."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_pure(nnx.state(module))),
-            meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
-        return step
+    def save(self, step: int, module: nnx.Module, meta: dict) -> None:
+        """Start writing `module`'s state and `meta` as the checkpoint of `step`. The arrays are copied
+        first, so training goes on while the files are written (`wait` for them)."""
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_pure(nnx.state(module))),
+                                                         meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
 
-    def restore(self, step: int, module: nnx.Module, sharding=None) -> dict:
+    def restore(self, step: int, module: nnx.Module) -> dict:
         """Load the checkpoint of `step` into `module` (in place; an abstract module from `nnx.eval_shape`
-        gets arrays with `sharding`, default this process's first device); returns its metadata."""
+        gets arrays on this process's first device); returns its metadata."""
         if step not in self.steps():
             raise CheckpointError(f"{self.directory} has no checkpoint of step {step}; it keeps steps {self.steps()}.")
         state = nnx.state(module)
-        sharding = sharding or SingleDeviceSharding(jax.local_devices()[0])
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(_pure(state), sharding)), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract(_pure(state))), meta=ocp.args.JsonRestore()))
         pure, meta = restored["state"], restored["meta"]
         if int(meta["step"]) != step:
             raise CheckpointError(f"checkpoint {step} says it is step {meta['step']}")
-        floats = [x for x in jax.tree.leaves(pure) if np.issubdtype(x.dtype, np.floating)]
-        if not all(bool(jax.numpy.isfinite(x).all()) for x in floats):
+        if not all(jax.numpy.isfinite(x).all() for x in jax.tree.leaves(pure) if np.issubdtype(x.dtype, np.floating)):
             raise CheckpointError(f"checkpoint {step} holds non-finite values")
         keys_back = lambda new, old: jax.random.wrap_key_data(new) if _is_key(old) else new  # noqa: E731
         nnx.replace_by_pure_dict(state, jax.tree.map(keys_back, pure, nnx.to_pure_dict(state)))
         nnx.update(module, state)
         return meta
 
-    def restore_latest(self, module: nnx.Module, sharding=None) -> dict | None:
+    def restore_latest(self, module: nnx.Module) -> dict | None:
         """Load the newest readable checkpoint into `module` (in place); returns its metadata, or None
         when there is no checkpoint at all."""
         errors = []
         for step in reversed(self.steps()):
             try:
-                meta = self.restore(step, module, sharding)
+                meta = self.restore(step, module)
             except Exception as err:  # a corrupt or incomplete checkpoint: try the one before
                 errors.append(f"step {step} ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
                 continue

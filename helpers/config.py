@@ -4,31 +4,34 @@ Every field can be overridden: `get_config("cpu", batch_size=128)`, or `--batch-
 builds its flags from these fields). A `Config` is passive: it names choices and checks them, builds
 nothing, and a run never changes it."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import os
 
 import jax
 
 from helpers.data import DATASETS
 from helpers.losses import FLOW_TIMES, LOSSES, PREDICTIONS, WEIGHTINGS
-from helpers.schedules import SCHEDULES
+from helpers.schedules import check_schedule
 from helpers.unet import UNetConfig
 
 OBJECTIVES = ("ddpm", "flow")
-DDPM_SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
-FLOW_SAMPLERS = ("euler", "heun")  # ODE solvers for a flow-matching run
-SAMPLERS = DDPM_SAMPLERS + FLOW_SAMPLERS
+#: `MNIST_DIFFUSION_QUICK=1` turns every run into a check that a preset's code paths work, in minutes on a
+#: CPU: the preset's own settings with its UNet narrowed to 8 channels at the first level (the same levels,
+#: blocks, attention and activation), batches and sample draws of at most 16 images, and at most QUICK_STEPS
+#: training steps (helpers.training.make_plan). Its figures mean nothing.
+QUICK_VARIABLE, QUICK_STEPS = "MNIST_DIFFUSION_QUICK", 4
+#: What `objective="flow"` implies unless given: the network predicts the velocity, every t weighs alike,
+#: and an ODE solver samples (helpers.sampling).
+FLOW_SETTINGS = {"prediction": "v", "loss_weighting": "uniform", "sampler": "heun"}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a training run; `validate()` says what to change in a bad one."""
     dataset: str = "mnist"
     train_limit: int | None = None  # use only the first N training images (tiny runs)
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: UNetConfig = dataclasses.field(default_factory=UNetConfig)
     schedule: str = "cosine"
     num_timesteps: int = 1000
     beta_start: float = 1e-4  # linear schedule only
@@ -82,9 +85,8 @@ class Config:
 
     def validate(self, num_train_examples: int | None = None) -> "Config":
         """Raise ValueError with what to change for any value that cannot work; returns the config."""
-        choices = {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES, "loss_weighting": WEIGHTINGS,
-                   "schedule": SCHEDULES, "sampler": SAMPLERS, "objective": OBJECTIVES, "flow_times": FLOW_TIMES}
-        for name, allowed in choices.items():
+        for name, allowed in {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES,
+                              "loss_weighting": WEIGHTINGS, "objective": OBJECTIVES, "flow_times": FLOW_TIMES}.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}.")
         for name in ("epochs", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every",
@@ -95,14 +97,13 @@ class Config:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "guidance_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}.")
-        for name, (low, high) in {"end_lr_fraction": (0.0, 1.0), "eta": (0.0, 1.0)}.items():
-            if not low <= getattr(self, name) <= high:
-                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {getattr(self, name)}.")
+        if not 0.0 <= self.end_lr_fraction <= 1.0:
+            raise ValueError(f"end_lr_fraction must be in [0, 1], got {self.end_lr_fraction}.")
         for name in ("ema_decay", "label_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        _check_schedule_and_sampler(self)
-        check_objective(self.objective, self.sampler, self.prediction, self.loss_weighting)
+        check_schedule(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)
+        _check_objective(self)
         _check_guide(self)
         self.model.validate()
         if num_train_examples is not None and self.batch_size > num_train_examples:
@@ -117,37 +118,23 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         """The inverse of `to_json`'s dict; unknown fields are an error, not ignored (except the time-limit
         fields of older runs, whose max_steps already holds the steps they planned)."""
-        d = {k: v for k, v in d.items() if k not in ("time_limit_minutes", "fit_steps_to_time")}
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+             if k not in ("time_limit_minutes", "fit_steps_to_time")}  # JSON lists: autoguidance_interval
         model = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("model", {}).items()}
-        if d.get("autoguidance_interval") is not None:
-            d["autoguidance_interval"] = tuple(d["autoguidance_interval"])
         unknown = set(d) - set(cls.__dataclass_fields__) | set(model) - set(UNetConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"Unknown config fields {sorted(unknown)}.")
         return cls(model=UNetConfig(**model), **d)
 
 
-def _check_schedule_and_sampler(cfg: Config) -> None:
-    """The noise schedule's length and betas, and the sampler's steps (1..T; DDPM takes all T)."""
-    if cfg.num_timesteps < 2:
-        raise ValueError(f"num_timesteps must be at least 2, got {cfg.num_timesteps}.")
-    if cfg.schedule == "linear" and not 0 < cfg.beta_start <= cfg.beta_end < 1:
-        raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got {cfg.beta_start}, {cfg.beta_end}.")
-    if cfg.sampler != "ddpm" and not 1 <= cfg.sample_steps <= cfg.num_timesteps:
-        raise ValueError(f"sample steps must be in 1..{cfg.num_timesteps} (the schedule's timesteps), "
-                         f"got {cfg.sample_steps}.")
-
-
-def check_objective(objective: str, sampler: str, prediction: str = "v", weighting: str = "uniform") -> None:
-    """A flow-matching run predicts the velocity ("v"), weights every t alike and samples with an ODE
-    solver; a DDPM run samples with the DDPM samplers."""
-    if objective == "ddpm" and sampler in FLOW_SAMPLERS:
-        raise ValueError(f"Sampler {sampler!r} is for flow-matching runs: choose one of {', '.join(DDPM_SAMPLERS)}.")
-    fixes = [f for f, wrong in (("--prediction v", prediction != "v"), ("--loss-weighting uniform", weighting != "uniform"),
-                                ("--sampler euler (or heun)", sampler not in FLOW_SAMPLERS)) if wrong]
-    if objective == "flow" and fixes:
-        raise ValueError(f"A flow-matching run predicts the velocity eps - x0, weights every t alike and samples "
-                         f"with an ODE solver: add {', '.join(fixes)}.")
+def _check_objective(cfg: Config) -> None:
+    """A flow-matching run predicts the velocity ("v") and weights every t alike. (Which samplers fit
+    which objective: helpers.sampling.make_sampler.)"""
+    fixes = [flag for flag, wrong in (("--prediction v", cfg.prediction != "v"),
+                                      ("--loss-weighting uniform", cfg.loss_weighting != "uniform")) if wrong]
+    if cfg.objective == "flow" and fixes:
+        raise ValueError(f"A flow-matching run predicts the velocity eps - x0 and weights every t alike: "
+                         f"use {' and '.join(fixes)} (or leave them out: --objective flow sets them).")
 
 
 def _check_guide(cfg: Config) -> None:
@@ -202,14 +189,30 @@ PRESETS: dict[str, Config] = {
 }
 
 
+def quick() -> bool:
+    """Whether $MNIST_DIFFUSION_QUICK asks for quick checks (QUICK_VARIABLE)."""
+    return os.environ.get(QUICK_VARIABLE, "0") not in ("", "0")
+
+
+def quick_version(cfg: Config) -> Config:
+    """`cfg` for a quick check (QUICK_VARIABLE): the UNet at 8 channels first, at most 16 images at a time."""
+    m, narrow = cfg.model, max(1, cfg.model.channels[0] // 8)
+    return cfg.replace(hidden_dims=tuple(c // narrow for c in m.channels), batch_size=min(cfg.batch_size, 16),
+                       num_samples=min(cfg.num_samples, 16))
+
+
 def default_preset_name() -> str:
     """`paper` when JAX sees an accelerator, else `cpu`."""
     return "cpu" if jax.default_backend() == "cpu" else "paper"
 
 
 def get_config(preset: str | None = None, **overrides) -> Config:
-    """A preset (default: chosen from the JAX backend) with fields overridden, validated."""
+    """A preset (default: chosen from the JAX backend) with fields overridden, validated. A flow-matching
+    run (`objective="flow"`) takes FLOW_SETTINGS for the fields not given."""
     name = preset or default_preset_name()
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
-    return PRESETS[name].replace(**overrides).validate()
+    if overrides.get("objective") == "flow":
+        overrides = {**FLOW_SETTINGS, **overrides}
+    cfg = PRESETS[name].replace(**overrides)
+    return (quick_version(cfg) if quick() else cfg).validate()

@@ -3,8 +3,6 @@
 TensorFlow only prepares and reads each split, once, into uint8 (N, 28, 28, 1) arrays; batches are
 then gathered on the device from a per-epoch permutation, with no host round trip per step."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import functools
@@ -91,7 +89,6 @@ def load_split(name: str = "mnist", split: str = "train", data_dir: str | os.Pat
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
     cache = data_dir / "mnist_diffusion_jax_cache" / f"{name}-3.0.1-{split}.npz"  # TFDS's version of both
     if not cache.is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(cache.parent / f".{name}.lock"):  # one process prepares; others wait, then read
             if not cache.is_file():
                 tfds = _import_tfds()
@@ -166,14 +163,10 @@ def batch_slice(order: jax.Array, pos, num_examples: int, batch_size: int):
     return idx, mask.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "rows", "sharding"))
-def get_batch(images_uint8, labels, order, position, batch_size: int, rows: tuple[int, int] | None = None,
-              sharding=None):
+@functools.partial(jax.jit, static_argnames=("batch_size", "sharding"))
+def get_batch(images_uint8, labels, order, position, batch_size: int, sharding=None):
     """Batch `position` of an epoch `order`, gathered on the device: (x0 in [-1, 1], labels or None, mask).
-    With `rows` = (start, stop), only those rows of the batch (one process's share of a global batch);
-    with a `sharding`, split across devices along the first axis."""
+    With a `sharding`, split across its devices along the first axis: each keeps only its own rows."""
     idx, mask = batch_slice(order, position, images_uint8.shape[0], batch_size)
-    if rows is not None:
-        idx, mask = idx[rows[0]:rows[1]], mask[rows[0]:rows[1]]
     batch = (to_model_range(images_uint8[idx]), None if labels is None else labels[idx], mask)
     return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)

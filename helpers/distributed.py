@@ -1,17 +1,26 @@
 """Data parallelism over every device of every process, with JAX's own multi-controller runtime.
 
 Once the processes have joined (`jax.distributed.initialize`, in scripts/train.py), the mesh spans every
-process's devices along one `data` axis. A process feeds only its own devices' rows of each global batch,
-which `to_global` assembles, so the batch order is the same however many processes feed it. Parameters are
-replicated; XLA averages the gradients across devices (gloo between CPU processes, NCCL between GPUs)."""
+process's devices along one `data` axis. Each step's batch is gathered by a jitted function whose output is
+split along that axis (`helpers.training.BatchFeed`), so XLA gives each device its own rows and the batch
+order is the same however many processes train. Parameters are replicated; XLA averages the gradients
+across devices (gloo between CPU processes, NCCL between GPUs). `every_process_or_none` makes all
+processes stop together, each with one clear line, when one of them cannot go on."""
 
-from __future__ import annotations
+import contextlib
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+MESSAGE_BYTES = 512  # of an error's first line, sent to the other processes
+
+
+class ProcessError(RuntimeError):
+    """Another process could not go on: its number and the first line of what it said."""
 
 
 def is_main_process() -> bool:
@@ -20,45 +29,19 @@ def is_main_process() -> bool:
 
 
 def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh ("data") over `devices` (default: every device of every process), ordered by process,
-    so that each process's devices hold one contiguous block of every batch."""
-    devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
-    return Mesh(np.array(devices), ("data",))
-
-
-def process_rows(batch_size: int, mesh: Mesh) -> tuple[int, int]:
-    """The rows [start, stop) of each global batch that this process feeds: its devices' share."""
-    devices = list(mesh.devices.flat)
-    if batch_size % len(devices):
-        raise ValueError(f"batch_size {batch_size} must be divisible by the {len(devices)} devices of the mesh.")
-    mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
-    per_device = batch_size // len(devices)
-    return mine[0] * per_device, (mine[-1] + 1) * per_device
-
-
-def local_sharding(mesh: Mesh) -> NamedSharding:
-    """This process's devices of `mesh`, in the mesh's order, splitting the first axis among them."""
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return NamedSharding(Mesh(np.array(mine), ("data",)), P("data"))
-
-
-def to_global(local_rows, mesh: Mesh):
-    """Global arrays (split along "data" over `mesh`) from each process's rows, already placed on its own
-    devices by `local_sharding`: no data moves, each device's piece becomes its shard."""
-    def join(x):
-        shape = (x.shape[0] * mesh.devices.size // len(x.addressable_shards),) + x.shape[1:]
-        return jax.make_array_from_single_device_arrays(shape, NamedSharding(mesh, P("data")),
-                                                        [s.data for s in x.addressable_shards])
-
-    return jax.tree.map(join, local_rows)
+    """A 1-D mesh ("data") over `devices` (default: every device of every process), ordered by process."""
+    return Mesh(np.array(sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))), ("data",))
 
 
 def replicate(tree, mesh: Mesh):
-    """Every leaf copied to every device of `mesh` (each process gives the same values)."""
+    """Every leaf copied to every device of `mesh`; with several processes each gives the same values."""
+    everywhere = NamedSharding(mesh, P())
+
     def put(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # a typed key travels as its raw data
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-        return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(everywhere, x, x.shape)
 
     return jax.tree.map(put, tree)
 
@@ -68,6 +51,40 @@ def local_copy(module: nnx.Module) -> nnx.Module:
     them): what process 0 samples from after training."""
     if jax.process_count() == 1:
         return module
-    copy = nnx.clone(module)
-    nnx.update(copy, jax.tree.map(lambda x: x.addressable_data(0), nnx.state(module)))
-    return copy
+    return nnx.merge(nnx.graphdef(module), jax.tree.map(lambda x: x.addressable_data(0), nnx.state(module)))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (with several, a collective: every process must ask)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
+def _agree(error: BaseException | None) -> None:
+    """Tell every process whether this one can go on; raise `error` here, or ProcessError where another failed."""
+    line = "" if error is None else (str(error).splitlines() or [type(error).__name__])[0]
+    text = line.encode()[:MESSAGE_BYTES].ljust(MESSAGE_BYTES, b"\0")  # zero-padded
+    mine = np.frombuffer(bytes([error is not None]) + text, np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    if error is not None:
+        raise error
+    for i, row in enumerate(everyone):
+        if row[0]:
+            said = bytes(row[1:]).rstrip(b"\0").decode(errors="replace")
+            raise ProcessError(f"process {i} of {len(everyone)} could not go on: {said}")
+
+
+@contextlib.contextmanager
+def every_process_or_none():
+    """A block that every process runs; if it fails on one, every process raises when it leaves the block:
+    the one that failed its own error, the others a ProcessError naming it (one process: as usual)."""
+    if jax.process_count() == 1:
+        yield
+        return
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  (any failure: the others must hear of it, not wait for it)
+        _agree(err)
+    else:
+        _agree(None)

@@ -2,8 +2,6 @@
 explicit call that tunes XLA and the C library for a CPU; the Performance page has its measurements), and
 what a run records of its machine (`machine_description`, the CPU time other machines took)."""
 
-from __future__ import annotations
-
 import os
 import platform
 import sys
@@ -63,17 +61,18 @@ def transparent_huge_pages_mode(path: str = "/sys/kernel/mm/transparent_hugepage
     return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
 
 
-def tune_for_cpu(restart: bool = True) -> None:
+def tune_for_cpu(restart: bool = True, announce: bool = True) -> None:
     """Before JAX starts: add `CPU_XLA_FLAG` to $XLA_FLAGS and, with `restart`, turn on huge pages,
-    which glibc reads only at start-up: the script restarts itself once, same arguments, saying so.
-    What the user set in either variable is kept."""
+    which glibc reads only at start-up: the script restarts itself once, same arguments, saying so (unless
+    not `announce`). What the user set in either variable is kept."""
     jaxlib = next((d.version for d in metadata.distributions(name="jaxlib")), None)
     if flags := with_cpu_xla_flag(os.environ.get("XLA_FLAGS", ""), jaxlib):
         os.environ["XLA_FLAGS"] = flags
     env = huge_pages_environment(dict(os.environ), platform.libc_ver(), transparent_huge_pages_mode())
     if restart and env is not None and sys.executable:
-        print(f"restarting once with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (huge pages; "
-              f"MNIST_DIFFUSION_HUGE_PAGES=0 skips this)", file=sys.stderr, flush=True)
+        if announce:
+            print(f"restarting once with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (huge pages; "
+                  f"MNIST_DIFFUSION_HUGE_PAGES=0 skips this)", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os.execve(sys.executable, list(sys.orig_argv), env)
 

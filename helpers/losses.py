@@ -11,10 +11,9 @@ x_t = (1 - t) x0 + t eps with t in [0, 1] (t = 0: data, t = 1: noise) and the ne
 dx_t/dt = eps - x0. It is DDPM's x_t with alpha = 1 - t and sigma = t, up to the scale sqrt(alpha^2 + sigma^2):
 the same SNR = ((1 - t) / t)^2 is DDPM's alpha_bar / (1 - alpha_bar)."""
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from helpers.schedules import NoiseSchedule, per_image
@@ -24,6 +23,11 @@ FLOW_TIMES = ("uniform", "logit_normal")
 #: The network sees flow time t in [0, 1] as 1000 t: the range of DDPM's timesteps, for the same embedding.
 FLOW_TIME_SCALE = 1000.0
 LOSSES = ("mse", "huber")
+
+
+def flow_time(log_alpha_over_sigma):
+    """The flow time of equal signal-to-noise ratio: alpha / sigma = (1 - t) / t, so t = sigmoid(-lambda)."""
+    return 1.0 / (1.0 + np.exp(np.asarray(log_alpha_over_sigma, np.float64)))
 WEIGHTINGS = ("uniform", "min_snr")
 
 

@@ -4,8 +4,6 @@ digits (FID's formula, Heusel et al. 2017; it depends on N, so reports state N),
 the class histogram (a classifier can be confident on noise), precision and recall (Kynkaanniemi et al.
 2019), and the distance to the nearest training image against real test digits' (memorised copies sit closer)."""
 
-from __future__ import annotations
-
 import functools
 import json
 import time
@@ -62,8 +60,7 @@ SHIPPED_CLASSIFIER = Path(__file__).resolve().parent / "assets" / f"classifier-m
 
 def flat_params(model: Classifier) -> dict[str, np.ndarray]:
     """{'conv1/kernel': array, ...}: the parameters as one flat dict (what the .npz holds)."""
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {k: np.asarray(v) for k, v in flatten_dict(pure, sep="/").items()}
+    return {k: np.asarray(v) for k, v in flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), sep="/").items()}
 
 
 def load_classifier_weights(path=SHIPPED_CLASSIFIER) -> Classifier:
@@ -117,33 +114,26 @@ def _inside_any_ball(points, centers, radii, chunk: int = 2000) -> np.ndarray:
 
 def precision_recall(real_features, fake_features, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019, eqs. 1-3) with k-NN manifolds."""
-    precision = np.mean(_inside_any_ball(fake_features, real_features, _kth_nn_radius(real_features, k)))
-    recall = np.mean(_inside_any_ball(real_features, fake_features, _kth_nn_radius(fake_features, k)))
-    return float(precision), float(recall)
+    return (float(np.mean(_inside_any_ball(fake_features, real_features, _kth_nn_radius(real_features, k)))),
+            float(np.mean(_inside_any_ball(real_features, fake_features, _kth_nn_radius(fake_features, k)))))
 
 
 def nearest_neighbours(samples_m11, train_m11, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """L2 pixel distance (images in [-1, 1]) from each sample to its nearest training image, and its index."""
     t = jnp.asarray(np.reshape(train_m11, (len(train_m11), -1)), jnp.float32)
     s = np.reshape(samples_m11, (len(samples_m11), -1))
-    dist, idx = [], []
-    for i in range(0, len(s), chunk):
-        d = _pairwise_sq(jnp.asarray(s[i:i + chunk], jnp.float32), t)
-        j = jnp.argmin(d, axis=1)
-        idx.append(np.asarray(j))
-        dist.append(np.sqrt(np.asarray(jnp.take_along_axis(d, j[:, None], axis=1)[:, 0])))
-    return np.concatenate(dist), np.concatenate(idx)
+    d2 = (_pairwise_sq(jnp.asarray(s[i:i + chunk], jnp.float32), t) for i in range(0, len(s), chunk))  # one at a time
+    dist2, idx = zip(*((np.asarray(d.min(axis=1)), np.asarray(d.argmin(axis=1))) for d in d2))
+    return np.sqrt(np.concatenate(dist2)), np.concatenate(idx)
 
 
 class Evaluator:
     """Holds the classifier and the reference statistics of the real test (and training) digits."""
     def __init__(self, data_dir=None, manual_dir=None, quick: bool = False):
-        self.quick = quick  # smoke runs: 2,000 test and 5,000 training digits
         self.model = load_classifier_weights()
-        test_x, self.test_labels = load_split("mnist", "test", data_dir=data_dir, manual_dir=manual_dir,
-                                              limit=2_000 if quick else None)
-        train_x, _ = load_split("mnist", "train", data_dir=data_dir, manual_dir=manual_dir,
-                                limit=5_000 if quick else None)
+        where = dict(data_dir=data_dir, manual_dir=manual_dir)  # quick (smoke runs): 2,000 test, 5,000 training digits
+        test_x, self.test_labels = load_split("mnist", "test", limit=2_000 if quick else None, **where)
+        train_x, _ = load_split("mnist", "train", limit=5_000 if quick else None, **where)
         self.test_m11, self.train_m11 = (np.asarray(to_model_range(jnp.asarray(x))) for x in (test_x, train_x))
         _, self.test_features = _predict(self.model, self.test_m11)
         self.test_mu, self.test_sigma = feature_stats(self.test_features)

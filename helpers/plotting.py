@@ -1,8 +1,6 @@
 """Figures: sample grids, the training curve, the reverse process. Each returns its matplotlib
 Figure and, given `path`, also saves it as a PNG (inline in Jupyter, a file from a script)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -32,12 +30,11 @@ def image_grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
 def plot_samples(images, title: str = "Samples", ncols: int | None = None, path=None, size: float = 0.6,
                  row_labels=None):
     """A grid of images in [-1, 1]; optional `row_labels` name each row (e.g. the digit class)."""
-    n = len(images)
-    ncols = ncols or int(np.ceil(np.sqrt(n)))
-    nrows = int(np.ceil(n / ncols))
+    ncols = ncols or int(np.ceil(np.sqrt(len(images))))
+    nrows = int(np.ceil(len(images) / ncols))
     fig, ax = plt.subplots(figsize=(max(3.0, ncols * size), max(3.0, nrows * size) + 0.4))
     ax.imshow(image_grid(images, ncols), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
+    ax.set(xticks=[], title=title)
     if row_labels is not None:
         h = images.shape[1] + 2
         ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(row_labels))], [str(r) for r in row_labels])
@@ -45,16 +42,8 @@ def plot_samples(images, title: str = "Samples", ncols: int | None = None, path=
         ax.spines[:].set_visible(False)
     else:
         ax.axis("off")
-    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def smooth(values, window: int) -> np.ndarray:
-    """Moving average with a window of `window` points ('valid' part only)."""
-    values = np.asarray(values, np.float64)
-    window = max(1, min(int(window), len(values)))
-    return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def plot_training_curve(history: dict, title: str = "Diffusion training (warmup + cosine decay)", path=None,
@@ -65,18 +54,16 @@ def plot_training_curve(history: dict, title: str = "Diffusion training (warmup 
     ax1.plot(steps, loss, alpha=0.3, linewidth=0.6, color="tab:blue", label="loss")
     window = window or max(1, min(100, len(loss) // 10))
     if window > 1 and len(loss) > window:
-        ax1.plot(steps[window - 1:], smooth(loss, window), linewidth=2, color="tab:blue",
-                 label=f"loss (moving average of {window})")
-    ax1.set_xlabel("step")
+        ax1.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, mode="valid"), linewidth=2,
+                 color="tab:blue", label=f"loss (moving average of {window})")
+    ax1.set(xlabel="step", yscale="log", title=title)
     ax1.set_ylabel("loss", color="tab:blue")
-    ax1.set_yscale("log")
     ax1.grid(True, alpha=0.3)
     ax2 = ax1.twinx()
     ax2.plot(steps, lr, linewidth=1.5, color="tab:orange", label="learning rate")
     ax2.set_ylabel("learning rate", color="tab:orange")
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax1.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
-    ax1.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,12 +1,9 @@
 """A run in a folder (config, plan, checkpoints, history, curve, samples, summary): `train_run`, which
 scripts/train.py and the notebooks call, and `load_run`. Every process trains; process 0 writes and samples."""
 
-from __future__ import annotations
-
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import matplotlib.pyplot as plt
@@ -16,16 +13,15 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from helpers.checkpoints import CheckpointError, CheckpointManager, read_config
-from helpers.config import Config, check_objective
+from helpers.config import Config, quick
 from helpers.data import load_split
-from helpers.distributed import data_mesh, is_main_process, local_copy
+from helpers.distributed import data_mesh, every_process_or_none, is_main_process, local_copy
 from helpers.environment import cpu_times, machine_description, steal_share
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
-from helpers.sampling import Autoguidance, sample
-from helpers.training import (BatchFeed, History, Plan, TrainState, make_plan, noise_schedule,
-                              place_state, seconds_per_step, steps_for_minutes, stop_at_non_finite_loss,
-                              take_guide_at, train)
+from helpers.sampling import Autoguidance, make_sampler, sample
+from helpers.training import (BatchFeed, History, StopOnCtrlC, TrainState, make_plan, noise_schedule, place_state,
+                              seconds_per_step, steps_for_minutes, stop_at_non_finite_loss, take_guide_at, train)
 from helpers.unet import count_params
 
 
@@ -33,27 +29,79 @@ class RunExistsError(FileExistsError):
     """The run folder exists (and --resume was not given) or cannot be made there."""
 
 
-class Run(NamedTuple):
-    """A run being trained: its folder, config and plan (both fixed), state, data feed and history."""
-    out: Path
-    cfg: Config
-    plan: Plan
-    state: TrainState
-    feed: BatchFeed
-    history: History
-
-
-def write_history(history: dict, out: Path) -> None:
-    """history.json and history.csv (step, epoch, loss, lr, images_per_s)."""
-    (out / "history.json").write_text(json.dumps(history))
-    rows = [",".join(history)] + [",".join(map(str, row)) for row in zip(*history.values())]
-    (out / "history.csv").write_text("\n".join(rows) + "\n")
-
-
-def _make_run_folder(out: Path, resume: bool) -> bool:
-    """Refuse a folder that cannot hold a new run before any work is done; returns whether it was made."""
+def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume: bool = False,
+              progress: bool = True, evaluate: bool = True, log=print, devices=None) -> dict:
+    """Train a run in `out` (or resume it: `cfg` None, the folder's own config) and write its files; returns
+    the summary (summary.json; an empty dict on processes other than 0). Every process trains, on a mesh of
+    `devices` (default: all); process 0 prints, writes the files, samples and scores."""
+    out, main = Path(out), is_main_process()
+    log = log if main else (lambda *args, **kwargs: None)
+    cfg, images, labels, mesh = prepare_run(cfg, out, resume, data_dir, manual_dir, devices)
+    # The state on every device, the batches, the plan (fixed now) and, on resume, the newest checkpoint.
+    state = place_state(TrainState(cfg), mesh)
+    feed = BatchFeed(cfg, state, images, labels, mesh)
+    plan = make_plan(cfg, len(images), saved_total_steps(out) if resume else budget_steps(cfg, feed, log))
+    ckpt = CheckpointManager(out / "checkpoints", cfg.keep_checkpoints, cfg.keep_checkpoints_every)
+    meta = ckpt.restore_latest(state) if resume else None
+    history = History(plan, cfg.batch_size, meta and meta["history"], log=tqdm.write if main else log)
     if resume:
-        return False  # read_config says what is missing
+        log(f"resumed {out} at step {state.step}" if meta else f"no checkpoint in {out}: starting at step 0")
+    elif main:
+        (out / "config.json").write_text(cfg.to_json())
+        (out / "plan.json").write_text(json.dumps(plan.describe(), indent=2))
+    log(describe_run(cfg, plan, state, len(images)))
+    # Train; after each chunk the hooks stop at a NaN, record the losses, take the guide, save a checkpoint
+    # (written in the background) at the plan's steps, move the progress bar and stop if Ctrl-C was pressed.
+    start, counters, t0 = state.step, cpu_times(), time.perf_counter()
+    bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step", disable=not (progress and main))
+    try:
+        with bar, StopOnCtrlC() as stop_on_ctrl_c:
+            train(state, feed, plan, cfg, [stop_at_non_finite_loss, history, take_guide_at(plan.guide_step),
+                                           checkpoint_at(plan.checkpoint_steps, ckpt, cfg, history.record,
+                                                         out if main else None),
+                                           progress_bar(bar, cfg.batch_size), stop_on_ctrl_c])
+    except KeyboardInterrupt:
+        done = history.record["step"][-1] + 1 if len(history.record["step"]) else start
+        log(f"\ninterrupted after step {done}: the checkpoints in {out / 'checkpoints'} are kept (the newest: "
+            f"step {max(ckpt.steps(), default=0)}); continue with --resume")
+        raise
+    finally:
+        ckpt.wait()  # a background save completes, however the run ends
+    seconds = time.perf_counter() - t0
+    trained = {"steps": state.step, "epochs": round(state.step / plan.steps_per_epoch, 3),
+               "train_seconds": round(seconds, 1), "cpu_steal_share": steal_share(counters),
+               "images_per_s": round((state.step - start) * cfg.batch_size / seconds, 1)}
+    with every_process_or_none():  # the others wait for process 0's samples and scores
+        return finish_run(cfg, local_copy(state), history.record, out, trained, evaluate=evaluate,
+                          data_dir=data_dir, manual_dir=manual_dir, log=log) if main else {}
+
+
+def prepare_run(cfg: Config | None, out: Path, resume: bool, data_dir=None, manual_dir=None, devices=None):
+    """The run's config, training data and mesh, checked before any work; a new run's folder made. Every
+    process checks its own part and, if one cannot go on, all of them stop (helpers.distributed); a folder
+    made here goes again then, so nothing is half-written."""
+    made = False
+    try:
+        with every_process_or_none():
+            cfg = read_config(out) if resume else cfg.validate()
+            make_sampler(noise_schedule(cfg), cfg.sampler, cfg.sample_steps, cfg.eta, cfg.objective)  # not after training
+            mesh = data_mesh(devices)
+            if cfg.batch_size % mesh.devices.size:
+                raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.devices.size} devices "
+                                 f"that train it: change --batch-size.")
+            made = is_main_process() and not resume and make_run_folder(out)
+            images, labels = load_split(cfg.dataset, "train", data_dir=data_dir, manual_dir=manual_dir,
+                                        limit=cfg.train_limit)
+            cfg.validate(num_train_examples=len(images))
+    except Exception:
+        if made:
+            out.rmdir()
+        raise
+    return cfg, images, labels, mesh
+
+
+def make_run_folder(out: Path) -> bool:
+    """Make the folder of a new run, refusing one that holds anything; returns whether it was created."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunExistsError(f"{out} already exists. Pass --resume to continue that run, or choose another "
                              f"--out; nothing was overwritten.")
@@ -66,99 +114,66 @@ def _make_run_folder(out: Path, resume: bool) -> bool:
     return made
 
 
-def plan_run(cfg: Config, feed: BatchFeed, log=print) -> Plan:
-    """The config's plan or, with a time budget (`minutes`), the steps that fill it at the speed of one
-    step timed now (process 0's, so that every process plans alike)."""
+def saved_total_steps(out: Path) -> int | None:
+    """The steps a resumed run planned when it started (its plan.json), None when it has none."""
+    path = out / "plan.json"
+    return json.loads(path.read_text()).get("total_steps") if path.is_file() else None
+
+
+def budget_steps(cfg: Config, feed: BatchFeed, log=print) -> int | None:
+    """With a time budget (`minutes`), the steps that fill it at the speed of a step timed now (process 0's,
+    so that every process plans alike); else None, the config's own steps."""
     if cfg.minutes is None:
-        return make_plan(cfg, feed.num_examples)
+        return None
     seconds = float(multihost_utils.broadcast_one_to_all(np.float32(seconds_per_step(cfg, feed))))
-    plan = make_plan(cfg, feed.num_examples, steps_for_minutes(seconds, cfg.minutes, cfg.log_every))
-    log(f"timed one step at {1000 * seconds:.0f} ms on this machine: {plan.total_steps:,} steps fill the "
-        f"{cfg.minutes:g}-minute budget (planned once; the run does not re-plan)")
-    return plan
+    steps = steps_for_minutes(seconds, cfg.minutes, cfg.log_every)
+    log(f"timed one step at {1000 * seconds:.0f} ms on this machine: {steps:,} steps fill the {cfg.minutes:g}-minute "
+        f"budget (planned once; the run does not re-plan)")
+    return steps
 
 
-def start_run(cfg: Config | None, out: Path, *, resume: bool, data_dir=None, manual_dir=None, log=print,
-              devices=None) -> Run:
-    """A new run (config.json, plan.json written) or a resumed one, on the mesh of `devices` (default: all)."""
-    made = _make_run_folder(out, resume) if is_main_process() else False
-    cfg = read_config(out) if resume else cfg.validate()
-    try:
-        images, labels = load_split(cfg.dataset, "train", data_dir=data_dir, manual_dir=manual_dir,
-                                    limit=cfg.train_limit)
-        cfg.validate(num_train_examples=len(images))
-    except Exception:
-        if made:  # nothing half-written: the folder goes again when there is no data
-            out.rmdir()
-        raise
-    mesh = data_mesh(devices)
-    state = place_state(TrainState(cfg), mesh)
-    feed = BatchFeed(cfg, state, images, labels, mesh)
-    if not resume:
-        plan = plan_run(cfg, feed, log)
-        if is_main_process():
-            (out / "config.json").write_text(cfg.to_json())
-            (out / "plan.json").write_text(json.dumps(plan.describe(), indent=2))
-        return Run(out, cfg, plan, state, feed, History(plan, cfg.batch_size))
-    saved = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else {}
-    plan = make_plan(cfg, len(images), saved.get("total_steps"))
-    meta = CheckpointManager(out / "checkpoints").restore_latest(state)
-    log(f"resumed {out} at step {state.step}" if meta else f"no checkpoint in {out}: starting at step 0")
-    return Run(out, cfg, plan, state, feed, History(plan, cfg.batch_size, meta and meta["history"]))
-
-
-def describe_run(run: Run) -> str:
-    """One line: preset, machine, model, steps and epochs, the guide's step."""
-    cfg, plan = run.cfg, run.plan
-    guide = f"; the EMA weights at step {plan.guide_step:,} become the autoguidance guide" if plan.guide_step else ""
-    return (f"{cfg.preset} preset on {machine_description()}: UNet {cfg.model.channels}, "
-            f"{count_params(run.state.model):,} parameters; {plan.total_steps:,} steps of batch {cfg.batch_size} "
-            f"({plan.total_steps / plan.steps_per_epoch:.2f} epochs of {run.feed.num_examples:,} images){guide}")
-
-
-def train_with_checkpoints(run: Run, progress: bool = True, log=print) -> float:
-    """`train` with the run's hooks, among them a checkpoint (written in the background) at each of the
-    plan's checkpoint steps; returns the training time in seconds."""
-    cfg, main = run.cfg, is_main_process()
-    ckpt = CheckpointManager(run.out / "checkpoints", keep=cfg.keep_checkpoints, keep_every=cfg.keep_checkpoints_every)
-
+def checkpoint_at(steps, ckpt: CheckpointManager, cfg: Config, record: dict, out: Path | None):
+    """Hook: a checkpoint (state, config, history) at each of `steps`, with history.csv/json in `out`."""
     def save_checkpoint(state, chunk):
-        if chunk.stop in run.plan.checkpoint_steps:
-            ckpt.save(state.step, state, {"config": json.loads(cfg.to_json()), "history": run.history.record})
-            if main:
-                write_history(run.history.record, run.out)
+        if chunk.stop in steps:
+            ckpt.save(state.step, state, {"config": json.loads(cfg.to_json()), "history": record})
+            if out is not None:  # history.json and history.csv (step, epoch, loss, lr, images_per_s)
+                (out / "history.json").write_text(json.dumps(record))
+                rows = [",".join(record)] + [",".join(map(str, row)) for row in zip(*record.values())]
+                (out / "history.csv").write_text("\n".join(rows) + "\n")
 
-    bar = tqdm(total=run.plan.total_steps, initial=run.state.step, desc="training", unit="step",
-               disable=not (progress and main))
+    return save_checkpoint
 
+
+def progress_bar(bar: tqdm, batch_size: int):
+    """Hook: move `bar` and show the chunk's last loss and images per second."""
     def show_progress(state, chunk):
-        bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}", img_s=f"{len(chunk.losses) * cfg.batch_size / chunk.seconds:.0f}",
+        bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}", img_s=f"{len(chunk.losses) * batch_size / chunk.seconds:.0f}",
                         refresh=False)
         bar.update(chunk.stop - chunk.start)
 
-    hooks = [stop_at_non_finite_loss, run.history, take_guide_at(run.plan.guide_step), save_checkpoint, show_progress]
-    t0 = time.perf_counter()
-    try:
-        with bar:
-            train(run.state, run.feed, run.plan, cfg, hooks)
-    except KeyboardInterrupt:
-        log(f"\ninterrupted at step {run.state.step}: the checkpoints in {run.out}/checkpoints are kept; "
-            f"continue with --resume")
-        raise
-    finally:
-        ckpt.wait()  # a background save completes before the run ends, however it ends
-    return time.perf_counter() - t0
+    return show_progress
+
+
+def describe_run(cfg: Config, plan, state: TrainState, num_examples: int) -> str:
+    """One line: preset, machine, model, steps and epochs, the guide's step."""
+    guide = f"; the EMA weights at step {plan.guide_step:,} become the autoguidance guide" if plan.guide_step else ""
+    return (f"{cfg.preset} preset on {machine_description()}: UNet {cfg.model.channels}, "
+            f"{count_params(state.model):,} parameters; {plan.total_steps:,} steps of batch {cfg.batch_size} "
+            f"({plan.total_steps / plan.steps_per_epoch:.2f} epochs of {num_examples:,} images){guide}")
 
 
 def autoguidance_of(cfg: Config, state: TrainState, scale: float | None = None) -> Autoguidance | None:
     """Whether and how a run samples with autoguidance, decided here: None at scale 1 (default: the
-    config's), else its guide; a clear error when it has no guide or has not taken it yet."""
+    config's), else its guide. The config's rule says when a scale needs a guide (helpers.config); what
+    the state adds is whether the guide has been taken yet."""
     scale = cfg.autoguidance_scale if scale is None else float(scale)
     if scale == 1.0:
         return None
-    if state.guide is None or state.guide.step < 0:
-        why = "it was trained without --guide-fraction" if state.guide is None else "not taken yet at this step"
-        raise ValueError(f"Autoguidance needs the run's guide model ({why}): use --autoguidance-scale 1.")
+    cfg.replace(autoguidance_scale=scale).validate()
+    if state.guide.step < 0:
+        raise ValueError(f"Autoguidance needs the run's guide model, which is not taken yet at step {state.step}: "
+                         f"use --autoguidance-scale 1.")
     return Autoguidance(state.guide.model, scale, cfg.autoguidance_interval)
 
 
@@ -166,8 +181,8 @@ def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autog
                  use_ema: bool = True, **options):
     """`helpers.sampling.sample` from the run's EMA (or raw) weights with its sampler settings, unless
     `options` override them; a class-conditional model draws the labels 0-9 in turn."""
-    opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
-    check_objective(cfg.objective, options.get("sampler", cfg.sampler))
+    opts = dict(sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction,
+                objective=cfg.objective)
     if cfg.model.num_classes:
         opts.update(labels=np.arange(num_samples) % cfg.model.num_classes, guidance_scale=cfg.guidance_scale)
     model = state.ema.model if use_ema else state.model
@@ -187,14 +202,16 @@ def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
     return cfg, state
 
 
-def sample_and_plot(cfg: Config, state: TrainState, history: dict, out: Path):
-    """samples.npy, samples.png and training_curve.png; returns (samples, seconds, autoguidance)."""
-    plt.close(plot_training_curve(history, path=out / "training_curve.png",
+def finish_run(cfg: Config, state: TrainState, record: dict, out: Path, trained: dict, *, evaluate: bool,
+               data_dir=None, manual_dir=None, log=print) -> dict:
+    """Process 0, after training: training_curve.png, the samples (samples.npy, samples.png) and their
+    scores, summary.json; returns the summary."""
+    plt.close(plot_training_curve(record, path=out / "training_curve.png",
                                   title=f"{cfg.preset}: loss and learning rate"))
     guidance = autoguidance_of(cfg, state)
     t0 = time.perf_counter()
     x = np.asarray(draw_samples(cfg, state, jax.random.key(cfg.seed + 1), cfg.num_samples, autoguidance=guidance))
-    seconds = time.perf_counter() - t0
+    sample_seconds = time.perf_counter() - t0
     np.save(out / "samples.npy", x)
     steps = cfg.num_timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
     title = f"{cfg.sampler} with {steps} steps (EMA weights), step {state.step}"
@@ -204,40 +221,19 @@ def sample_and_plot(cfg: Config, state: TrainState, history: dict, out: Path):
         title += f"\ncolumn = label, guidance w = {cfg.guidance_scale:g}"
         shown, ncols = x[:10 * cfg.model.num_classes], cfg.model.num_classes
     plt.close(plot_samples(shown, title=title, path=out / "samples.png", ncols=ncols))
-    return x, seconds, guidance
-
-
-def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume: bool = False,
-              progress: bool = True, evaluate: bool = True, log=print, devices=None) -> dict:
-    """Train (or resume) a run in `out` and write its files; returns the summary (summary.json; an
-    empty dict on processes other than 0)."""
-    out, main = Path(out), is_main_process()
-    log = log if main else (lambda *args, **kwargs: None)
-    run = start_run(cfg, out, resume=resume, data_dir=data_dir, manual_dir=manual_dir, log=log, devices=devices)
-    log(describe_run(run))
-    cfg, start_step, counters = run.cfg, run.state.step, cpu_times()
-    train_seconds = train_with_checkpoints(run, progress=progress, log=log)
-    train_steal = steal_share(counters)
-    if not main:
-        return {}
-    state = local_copy(run.state)
-    x, sample_seconds, guidance = sample_and_plot(cfg, state, run.history.record, out)
     summary = {
-        "preset": cfg.preset, "machine": machine_description(), "steps": state.step,
-        "epochs": round(state.step / run.plan.steps_per_epoch, 3), "train_seconds": round(train_seconds, 1),
-        "images_per_s": round((state.step - start_step) * cfg.batch_size / max(train_seconds, 1e-9), 1),
-        "cpu_steal_share": train_steal, "final_loss": float(np.mean(run.history.record["loss"][-50:])),
-        "parameters": count_params(state.model), "sample_seconds": round(sample_seconds, 1),
-        "num_samples": int(len(x)), "run_dir": str(out),
+        "preset": cfg.preset, "machine": machine_description(), **trained,
+        "final_loss": float(np.mean(record["loss"][-50:])), "parameters": count_params(state.model),
+        "sample_seconds": round(sample_seconds, 1), "num_samples": int(len(x)), "run_dir": str(out),
         "autoguidance": guidance and {"scale": guidance.scale, "guide_step": state.guide.step},
     }
     if evaluate and cfg.dataset == "mnist":  # the classifier knows digits only; tiny is a smoke test
         summary["quality"] = evaluate_samples(x, out_dir=out, data_dir=data_dir, manual_dir=manual_dir, log=log,
-                                              quick=cfg.preset == "tiny")
+                                              quick=cfg.preset == "tiny" or quick())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    steal = f"; other machines took {train_steal:.0%} of the CPU time (steal)" if train_steal else ""
-    log(f"done: {state.step} steps in {train_seconds / 60:.1f} min ({summary['images_per_s']} images/s{steal}), "
-        f"final loss {summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\n"
-        f"files in {out}: config.json, plan.json, history.csv, training_curve.png, samples.png, samples.npy, "
-        f"checkpoints/")
+    steal = trained["cpu_steal_share"]
+    log(f"done: {state.step} steps in {trained['train_seconds'] / 60:.1f} min ({summary['images_per_s']} images/s"
+        f"{f'; other machines took {steal:.0%} of the CPU time (steal)' if steal else ''}), final loss "
+        f"{summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\nfiles in {out}: config.json, plan.json, "
+        f"history.csv, training_curve.png, samples.png, samples.npy, checkpoints/")
     return summary

@@ -1,8 +1,11 @@
 """Samplers over explicit (t, t_prev) pairs of the one `NoiseSchedule`, each one `lax.scan` under `jit`:
-DDIM and, as its eta = 1 case over every step, DDPM; DPM-Solver++(2M) and its SDE form. For flow-matching
-runs, Euler and Heun on the ODE dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data).
+DDIM and, as its eta = 1 case over every timestep, DDPM; DPM-Solver++(2M) and its SDE form. For flow-matching
+runs, Euler and Heun on the ODE dx/dt = v(x, t) from noise (t near 1) to data (t = 0).
 
-t_prev = -1 is the clean image (alpha_bar = 1).
+Every sampler but DDPM steps over one time grid (`time_grid`): noise levels evenly spaced in lambda from
+`START_LAMBDA`, where the signal is under 1% of the image, to the schedule's cleanest timestep; the last step
+goes to the clean image (t_prev = -1, alpha_bar = 1). A flow sampler visits the same noise levels, at the
+flow times of equal signal-to-noise ratio (`helpers.losses.flow_time`).
 
 | symbol | meaning |
 | --- | --- |
@@ -10,8 +13,6 @@ t_prev = -1 is the clean image (alpha_bar = 1).
 | alpha, sigma | sqrt(ab) and sqrt(1 - ab): x_t = alpha x0 + sigma eps |
 | lambda | log(alpha / sigma), half the log signal-to-noise ratio |
 | x0_hat, eps_hat | the network's estimate of the clean image and of the noise, at t |"""
-
-from __future__ import annotations
 
 import dataclasses
 import functools
@@ -21,42 +22,55 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from helpers.config import FLOW_SAMPLERS, SAMPLERS
-from helpers.losses import FLOW_TIME_SCALE, to_x0_and_eps
-from helpers.schedules import NoiseSchedule, per_image
+from helpers.losses import FLOW_TIME_SCALE, flow_time, to_x0_and_eps
+from helpers.schedules import NoiseSchedule
+
+DDPM_SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
+FLOW_SAMPLERS = ("euler", "heun")  # ODE solvers for a flow-matching run
+SAMPLERS = DDPM_SAMPLERS + FLOW_SAMPLERS
+
+#: Where every sampler starts: lambda = log(alpha / sigma) = -4.8, a signal of 0.8% of the noise. The cosine
+#: schedule's clipped last betas fall far below it (lambda = -9.9 at t = 999, -4.85 at 994), where a step
+#: changes nothing; DPM-Solver's code ends that schedule here too (t = 0.9946; Lu et al. 2022).
+START_LAMBDA = -4.8
 
 
-def ddim_pairs(num_timesteps: int, steps: int) -> np.ndarray:
-    """(steps, 2) pairs over `steps` timesteps evenly spaced from T-1 down to 0, then to -1."""
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"sample steps must be in 1..{num_timesteps} (the schedule's timesteps), got {steps}.")
-    t = np.unique(np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32))[::-1]
-    return np.stack([t, np.append(t[1:], -1)], axis=1).astype(np.int32)
+def time_grid(schedule: NoiseSchedule, steps: int) -> np.ndarray:
+    """The `steps` timesteps a sampler evaluates the network at, noisiest first: the nearest to the first
+    `steps` of steps + 1 values of lambda evenly spaced from START_LAMBDA (or the schedule's noisiest
+    timestep, when that is less noisy) to lambda_0. The last value is the final step's target, the clean
+    image, so the last evaluation lands where it still acts (the "trailing" spacing of Lin et al. 2024)."""
+    lam = 0.5 * np.log(np.asarray(schedule.snr(), np.float64))  # falls with t
+    first = int(np.argmin(np.abs(lam - max(START_LAMBDA, lam[-1]))))
+    if not 1 <= steps <= first + 1:
+        raise ValueError(f"sample steps must be in 1..{first + 1} (the timesteps from lambda = {START_LAMBDA:g} "
+                         f"to the clean image), got {steps}.")
+    t = [first]
+    for i, target in enumerate(np.linspace(lam[first], lam[0], steps + 1)[1:-1], start=1):
+        t.append(int(np.clip(np.argmin(np.abs(lam - target)), steps - 1 - i, t[-1] - 1)))  # each below the last
+    return np.array(t, np.int32)
 
 
-def lambda_pairs(schedule: NoiseSchedule, steps: int) -> np.ndarray:
-    """Like `ddim_pairs`, at the timesteps nearest to `steps` values of lambda evenly spaced from lambda_{T-1}
-    to lambda_0 (the logSNR spacing of Lu et al. 2022), each below the one before."""
-    lam, num_timesteps = np.asarray(0.5 * np.log(schedule.snr())), schedule.num_timesteps
-    ddim_pairs(num_timesteps, steps)  # checks steps
-    t = [num_timesteps - 1]
-    for i, target in enumerate(np.linspace(lam[-1], lam[0], steps)[1:], start=1):
-        t.append(int(np.clip(np.argmin(np.abs(lam - target)), steps - 1 - i, t[-1] - 1)))
-    return np.stack([t, t[1:] + [-1]], axis=1).astype(np.int32)
+def step_pairs(timesteps, last=-1) -> np.ndarray:
+    """(t, t_prev) per step: each of `timesteps` to the next, the last one to `last` (the clean image)."""
+    t = np.asarray(timesteps)
+    return np.stack([t, np.append(t[1:], last)], axis=1).astype(t.dtype)
 
 
 # DDIM (Song et al. 2021): eq. 12, with sigma from eq. 16.
 @struct.dataclass
 class DDIMSampler:
-    """Any number of steps; eta = 0 is deterministic. With eta = 1 over every one of the T steps,
-    sigma^2 is the DDPM posterior variance and the update is DDPM's ancestral step, sampling from
-    p(x_{t-1} | x_t) = N(mu_tilde, beta_tilde I) (Ho et al. 2020, eqs. 6-7; Song et al. 2021, sec. 4.1)."""
+    """Any number of steps on the time grid; eta = 0 is deterministic. DDPM (`every_timestep`, eta = 1) is
+    Ho et al.'s algorithm 2 over all T timesteps: sigma^2 is then the DDPM posterior variance and the update
+    samples p(x_{t-1} | x_t) = N(mu_tilde, beta_tilde I) (Ho et al. 2020, eqs. 6-7; Song et al. 2021, sec. 4.1)."""
     schedule: NoiseSchedule
     steps: int = struct.field(pytree_node=False, default=100)
     eta: float = 0.0
+    every_timestep: bool = struct.field(pytree_node=False, default=False)
 
     def pairs(self) -> np.ndarray:  # the (t, t_prev) pairs this sampler steps over
-        return ddim_pairs(self.schedule.num_timesteps, self.steps)
+        T = self.schedule.num_timesteps
+        return step_pairs(np.arange(T - 1, -1, -1) if self.every_timestep else time_grid(self.schedule, self.steps))
 
     def sigma(self, t, t_prev):
         """sigma_t(eta) = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev) (eq. 16)."""
@@ -81,11 +95,8 @@ class DPMSolverPP:
     steps: int = struct.field(pytree_node=False, default=20)
     sde: bool = struct.field(pytree_node=False, default=False)
 
-    def pairs(self) -> np.ndarray:  # evenly spaced in lambda, where the solver is accurate (not even in t)
-        return lambda_pairs(self.schedule, self.steps)
-
-    def log_alpha_over_sigma(self, t):  # lambda_t = log(alpha_t / sigma_t) = log(SNR_t) / 2; +inf at t = -1
-        return 0.5 * jnp.log(self.schedule.snr(t))
+    def pairs(self) -> np.ndarray:  # the time grid: evenly spaced in lambda, where the solver is accurate
+        return step_pairs(time_grid(self.schedule, self.steps))
 
     def step(self, x_t, x0_hat, eps_hat, t, t_prev, noise, x0_before=None, t_before=None):
         """With h = lambda_prev - lambda_t and r = h_before / h:
@@ -94,7 +105,7 @@ class DPMSolverPP:
         SDE: x_prev = (sigma_prev / sigma_t) e^-h x_t + alpha_prev (1 - e^-2h) D + sigma_prev sqrt(1 - e^-2h) z."""
         ab_t, ab_prev = self.schedule.alpha_bar_at(t), self.schedule.alpha_bar_at(t_prev)
         alpha_prev, sigma_prev, sigma_t = jnp.sqrt(ab_prev), jnp.sqrt(1.0 - ab_prev), jnp.sqrt(1.0 - ab_t)
-        lam = self.log_alpha_over_sigma
+        lam = self.schedule.log_alpha_over_sigma
         h = lam(t_prev) - lam(t)
         d = x0_hat
         if t_before is not None:  # second order, except on the first step (t_before = -1) and the last
@@ -110,13 +121,14 @@ class DPMSolverPP:
 
 @struct.dataclass
 class FlowSampler:
-    """Euler, or Heun's second-order method, from t = 1 to 0 over `steps` equal steps in t."""
+    """Euler, or Heun's second-order method, over the flow times of the time grid's noise levels, to t = 0."""
+    schedule: NoiseSchedule
     steps: int = struct.field(pytree_node=False, default=50)
     heun: bool = struct.field(pytree_node=False, default=False)
 
-    def pairs(self) -> np.ndarray:  # (t, t_next) per step, float32
-        t = np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
-        return np.stack([t[:-1], t[1:]], axis=1)
+    def pairs(self) -> np.ndarray:  # (t, t_next) per step, float32 flow times
+        lam = self.schedule.log_alpha_over_sigma(time_grid(self.schedule, self.steps))
+        return step_pairs(np.asarray(flow_time(lam), np.float32), last=0.0)
 
 
 # Euler, or Heun (Karras et al. 2022, algorithm 1: Euler on the last step), on the flow ODE dx/dt = v(x, t).
@@ -131,22 +143,29 @@ def flow_step(velocity, x, t, t_next, heun: bool):
     return x_next, x - t * d
 
 
-def make_sampler(schedule: NoiseSchedule, sampler: str = "ddim", steps: int = 100, eta: float = 0.0):
-    """`ddim` (1..T steps, eta in [0, 1]), `ddpm` (eta = 1 over all T steps), `dpmpp_2m` or
-    `dpmpp_2m_sde` (1..T steps; eta does not apply), `euler` or `heun` (flow matching, any steps >= 1);
-    the one place they are checked."""
-    if sampler in FLOW_SAMPLERS:
-        if steps < 1:
-            raise ValueError(f"sample steps must be at least 1, got {steps}.")
-        return FlowSampler(int(steps), heun=sampler == "heun")
-    if sampler == "ddpm":
-        return DDIMSampler(schedule, schedule.num_timesteps, 1.0)
+def starting_noise_level(sampler, first) -> float:
+    """The noise's scale where the sampler starts: sigma = sqrt(1 - ab) at timestep `first`, or the flow time."""
+    return float(first if isinstance(sampler, FlowSampler) else jnp.sqrt(1.0 - sampler.schedule.alpha_bar_at(first)))
+
+
+def make_sampler(schedule: NoiseSchedule, sampler: str = "ddim", steps: int = 100, eta: float = 0.0,
+                 objective: str | None = None):
+    """`ddim` (eta in [0, 1]), `dpmpp_2m` or `dpmpp_2m_sde`, and for flow matching `euler` or `heun`, with
+    `steps` on the time grid; `ddpm` (all T timesteps, eta = 1). With the run's `objective`, also that the
+    sampler fits it. The one place sampler settings are checked."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}.")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}.")
-    ddim_pairs(schedule.num_timesteps, steps)
+    if objective is not None and (objective == "flow") != (sampler in FLOW_SAMPLERS):
+        fits = FLOW_SAMPLERS if objective == "flow" else DDPM_SAMPLERS
+        raise ValueError(f"Sampler {sampler!r} does not sample a {objective} run: choose one of {', '.join(fits)}.")
+    if sampler == "ddpm":
+        return DDIMSampler(schedule, schedule.num_timesteps, 1.0, every_timestep=True)
+    time_grid(schedule, steps)  # checks steps
+    if sampler in FLOW_SAMPLERS:
+        return FlowSampler(schedule, int(steps), heun=sampler == "heun")
     if sampler == "ddim":
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}.")
         return DDIMSampler(schedule, int(steps), float(eta))
     return DPMSolverPP(schedule, int(steps), sde=sampler == "dpmpp_2m_sde")
 
@@ -200,8 +219,7 @@ def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale,
 
     if isinstance(sampler, FlowSampler):  # the network sees FLOW_TIME_SCALE t (helpers.losses)
         def flow_body(x, t_pair):
-            x_next, x0_hat = flow_step(lambda x, t: output(x, FLOW_TIME_SCALE * t), x, t_pair[0], t_pair[1],
-                                       sampler.heun)
+            x_next, x0_hat = flow_step(lambda x, t: output(x, FLOW_TIME_SCALE * t), x, *t_pair, sampler.heun)
             return x_next, ((x_next, x0_hat) if trajectory else None)
 
         return jax.lax.scan(flow_body, x_T, pairs)
@@ -213,9 +231,7 @@ def _sample_scan(model, guide, sampler, x_T, pairs, key, labels, guidance_scale,
         tb = jnp.full((x.shape[0],), t)
         x0_hat, eps_hat = to_x0_and_eps(prediction, output(x, t), x, schedule, tb)
         if clip_x0:  # keep x0_hat in the data range, then make eps_hat consistent with it
-            x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
-            ab = per_image(schedule.alpha_bar_at(tb), x)
-            eps_hat = (x - jnp.sqrt(ab) * x0_hat) / jnp.sqrt(1.0 - ab)
+            x0_hat, eps_hat = to_x0_and_eps("x0", jnp.clip(x0_hat, -1.0, 1.0), x, schedule, tb)
         noise = jax.random.normal(k, x.shape, x.dtype)
         x_prev = sampler.step(x, x0_hat, eps_hat, t, t_prev, noise, x0_before, t_before)
         return (x_prev, x0_hat, t), ((x_prev, x0_hat) if trajectory else None)
@@ -237,43 +253,40 @@ def network_evaluations(sampler, interval=None, guided: bool = False) -> int:
     return len(t) + int(np.sum((interval[0] <= t) & (t <= interval[1])) if interval is not None else len(t))
 
 
-def sample(model: nnx.Module, schedule: NoiseSchedule | None, key: jax.Array, num_samples: int, *,
+def sample(model: nnx.Module, schedule: NoiseSchedule, key: jax.Array, num_samples: int, *,
            sampler: str = "ddim", steps: int = 100, eta: float = 0.0, prediction: str = "epsilon",
            clip_x0: bool = True, labels=None, guidance_scale: float | None = None,
            autoguidance: Autoguidance | None = None, return_trajectory: bool = False, batch_size: int = 500,
-           x_T=None):
+           x_T=None, objective: str | None = None):
     """Draw `num_samples` images in [-1, 1], (N, H, W, C), from `model` (pass the EMA model).
 
     With `autoguidance`, steps also run its guide (two network evaluations), every step or those in its
-    interval. `x_T` gives the starting noise (e.g. `slerp` between two seeds); by default it is drawn
-    from `key`. `return_trajectory=True` also returns (x_t after each step, x0_hat at each step), each
-    (steps, N, H, W, C), and the (t, t_prev) pairs. Flow-matching samplers (`euler`, `heun`) need no
-    schedule and ignore `prediction`, `eta` and `clip_x0`."""
-    smp = make_sampler(schedule, sampler, steps, eta)
+    interval. `x_T` gives the starting noise, N(0, I) (e.g. `slerp` between two seeds), scaled to the noise
+    level of the sampler's first step; by default it is drawn from `key`. `return_trajectory=True` also
+    returns (x_t after each step, x0_hat at each step), each (steps, N, H, W, C), and the (t, t_prev) pairs.
+    Flow-matching samplers (`euler`, `heun`) take their time grid from `schedule` and ignore `prediction`,
+    `eta` and `clip_x0`; `objective` (the run's) checks that the sampler fits it."""
+    smp = make_sampler(schedule, sampler, steps, eta, objective)
     pairs = jnp.asarray(smp.pairs())
     cfg = model.cfg
     key_x, key_steps = jax.random.split(key)
     if x_T is None:
         x_T = jax.random.normal(key_x, (num_samples, cfg.image_size, cfg.image_size, cfg.in_channels))  # N(0, I)
+    x_T = starting_noise_level(smp, pairs[0, 0]) * jnp.asarray(x_T)
     labels = None if labels is None else jnp.asarray(labels, jnp.int32)
     ag = autoguidance
     interval = None if ag is None or ag.interval is None else jnp.asarray(ag.interval, jnp.int32)
     as32 = lambda v: None if v is None else jnp.float32(v)  # noqa: E731
     model, guide = nnx.clone(model), None if ag is None else nnx.clone(ag.guide)
-    for m in (model, guide):  # dropout off, on copies: the caller's models stay as they are
-        if m is not None:
-            m.eval()
-    outs, trajectories = [], []
-    for i, start in enumerate(range(0, len(x_T), batch_size)):
-        batch = slice(start, start + batch_size)
-        x, trajectory = _sample_scan(model, guide, smp, x_T[batch], pairs, jax.random.fold_in(key_steps, i),
-                                     None if labels is None else labels[batch], as32(guidance_scale),
-                                     None if ag is None else as32(ag.scale), interval, prediction, clip_x0,
-                                     return_trajectory)
-        outs.append(x)
-        trajectories.append(trajectory)
-    x = jnp.clip(jnp.concatenate(outs), -1.0, 1.0)
+    # dropout off, on copies: the caller's models stay as they are
+    for m in (model,) if guide is None else (model, guide):
+        m.eval()
+    outs = [_sample_scan(model, guide, smp, x_T[b], pairs, jax.random.fold_in(key_steps, i),
+                         None if labels is None else labels[b], as32(guidance_scale),
+                         None if ag is None else as32(ag.scale), interval, prediction, clip_x0, return_trajectory)
+            for i, b in enumerate(slice(s, s + batch_size) for s in range(0, len(x_T), batch_size))]
+    x = jnp.clip(jnp.concatenate([x for x, _ in outs]), -1.0, 1.0)
     if not return_trajectory:
         return x
-    xs, x0s = (jnp.concatenate([tr[i] for tr in trajectories], axis=1) for i in (0, 1))
+    xs, x0s = (jnp.concatenate([tr[i] for _, tr in outs], axis=1) for i in (0, 1))
     return x, (xs, x0s, np.asarray(pairs))

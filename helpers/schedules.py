@@ -4,8 +4,6 @@ Timesteps are integers t = 0 .. T-1. `alpha_bars[t]` is the product of alphas up
 so x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)   (Ho et al. 2020, eq. 4).
 "Before the first step" (t = -1, the clean image) has alpha_bar = 1; samplers use `alpha_bar_at(-1)`."""
 
-from __future__ import annotations
-
 import math
 
 import jax
@@ -14,6 +12,16 @@ import numpy as np
 from flax import struct
 
 SCHEDULES = ("linear", "cosine")
+
+
+def check_schedule(kind: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+    """Raise ValueError saying what to change when these cannot make a schedule (the one place they are checked)."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}.")
+    if num_timesteps < 2:
+        raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}.")
+    if kind == "linear" and not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
 
 
 @struct.dataclass
@@ -32,16 +40,14 @@ class NoiseSchedule:
     def from_betas(cls, betas, kind: str) -> "NoiseSchedule":
         """A schedule from its betas; the cumulative product is taken in float64, stored in float32."""
         betas = np.asarray(betas, dtype=np.float64)
-        if len(betas) < 2:
-            raise ValueError(f"num_timesteps must be at least 2, got {len(betas)}.")
+        check_schedule(kind, len(betas))
         return cls(*(jnp.asarray(a, jnp.float32) for a in (betas, 1.0 - betas, np.cumprod(1.0 - betas))), kind=kind)
 
     # Linear betas (Ho et al. 2020, sec. 4).
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         """Betas evenly spaced from beta_start to beta_end."""
-        if not 0 < beta_start <= beta_end < 1:
-            raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}.")
+        check_schedule("linear", num_timesteps, beta_start, beta_end)
         return cls.from_betas(np.linspace(beta_start, beta_end, num_timesteps), "linear")
 
     # Cosine schedule (Nichol & Dhariwal 2021, eq. 17).
@@ -57,11 +63,8 @@ class NoiseSchedule:
     def create(cls, kind: str = "cosine", num_timesteps: int = 1000,
                beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
         """By name. `beta_start` / `beta_end` apply to the linear schedule only."""
-        if kind == "linear":
-            return cls.linear(num_timesteps, beta_start, beta_end)
-        if kind == "cosine":
-            return cls.cosine(num_timesteps)
-        raise ValueError(f"Unknown schedule {kind!r}: choose one of {', '.join(SCHEDULES)}.")
+        check_schedule(kind, num_timesteps, beta_start, beta_end)
+        return cls.linear(num_timesteps, beta_start, beta_end) if kind == "linear" else cls.cosine(num_timesteps)
 
     def alpha_bar_at(self, t) -> jax.Array:
         """alpha_bar_t, with alpha_bar_{-1} = 1 (no noise) for the last step of a sampler."""
@@ -73,6 +76,10 @@ class NoiseSchedule:
         """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), at every t when `t` is None."""
         ab = self.alpha_bars if t is None else self.alpha_bar_at(t)
         return ab / (1.0 - ab)
+
+    def log_alpha_over_sigma(self, t=None) -> jax.Array:
+        """lambda_t = log(alpha_t / sigma_t) = log(SNR_t) / 2, at every t when `t` is None; +inf at t = -1."""
+        return 0.5 * jnp.log(self.snr(t))
 
     # The forward process in closed form (Ho et al. 2020, eq. 4).
     def q_sample(self, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:

@@ -2,10 +2,10 @@
 step), a step (DDPM training, Ho et al. 2020, algorithm 1) and a loop (`train`, which calls small hooks
 after each chunk of steps). Step s's batch and noise depend only on (seed, s): a resume continues exactly."""
 
-from __future__ import annotations
-
 import dataclasses
 import functools
+import signal
+import threading
 import time
 from typing import Callable, NamedTuple
 
@@ -18,9 +18,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm  # the text bar: a terminal, Jupyter and the rendered notebooks all show it
 
-from helpers.config import Config
+from helpers.config import QUICK_STEPS, Config, quick
 from helpers.data import epoch_order, get_batch, steps_per_epoch
-from helpers.distributed import local_sharding, process_rows, replicate, to_global
+from helpers.distributed import any_process, replicate
 from helpers.losses import (FLOW_TIME_SCALE, flow_matching_pair, flow_times, loss_weights, masked_mean,
                             per_example_loss, prediction_target, sample_timesteps)
 from helpers.schedules import NoiseSchedule
@@ -63,9 +63,7 @@ def ema_decay_at(decay: float, num_updates, warmup: bool = True):
 
 def own_copy(model: nnx.Module) -> nnx.Module:
     """A clone of `model` with copies of its arrays, so that both can be donated to one jit call."""
-    copy = nnx.clone(model)
-    nnx.update(copy, jax.tree.map(jnp.copy, nnx.state(model)))
-    return copy
+    return nnx.merge(nnx.graphdef(model), jax.tree.map(jnp.copy, nnx.state(model)))
 
 
 class EMA(nnx.Module):
@@ -144,10 +142,11 @@ class Plan:
 
 
 def make_plan(cfg: Config, num_examples: int, total_steps: int | None = None) -> Plan:
-    """`cfg`'s plan over `total_steps` (a time budget's), else max_steps, else the epochs. Chunks end
-    every log_every steps, at each checkpoint and at the guide's step."""
+    """`cfg`'s plan over `total_steps` (a time budget's), else max_steps, else the epochs (in a quick check,
+    at most QUICK_STEPS). Chunks end every log_every steps, at each checkpoint and at the guide's step."""
     spe = steps_per_epoch(num_examples, cfg.batch_size)
     total = int(total_steps or cfg.max_steps or cfg.epochs * spe)
+    total = min(total, QUICK_STEPS) if quick() else total
     guide = guide_step(cfg.guide_fraction, total, cfg.log_every) if cfg.guide_fraction else None
     checkpoints = tuple(sorted({*range(cfg.checkpoint_every, total, cfg.checkpoint_every), total}))
     ends = {*range(cfg.log_every, total, cfg.log_every), *checkpoints, *([guide] if guide else [])}
@@ -203,27 +202,27 @@ def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, 
 
 
 class BatchFeed:
-    """The training images on this process's devices and each step's global batch: an on-device
-    permutation per epoch (the state's data key), of which this process gathers its own rows."""
+    """The training images on every device of the mesh and each step's batch, gathered there from an
+    on-device permutation per epoch (the state's data key). The batch is split along the mesh's `data`
+    axis inside the jitted gather, so each device keeps its own rows, whichever process it belongs to."""
     def __init__(self, cfg: Config, state: TrainState, images: np.ndarray, labels: np.ndarray | None, mesh):
         self.mesh, self.batch_size, self.num_examples = mesh, cfg.batch_size, len(images)
         self.steps_per_epoch = steps_per_epoch(len(images), cfg.batch_size)
-        self.rows, self.sharding = process_rows(cfg.batch_size, mesh), local_sharding(mesh)
-        on_devices = NamedSharding(self.sharding.mesh, P())  # the whole set on each of this process's devices
-        self.images = jax.device_put(np.asarray(images, np.uint8), on_devices)
         conditional = labels is not None and cfg.model.num_classes
-        self.labels = jax.device_put(np.asarray(labels, np.int32), on_devices) if conditional else None
-        self.data_key = jax.random.wrap_key_data(np.asarray(state.keys[...])[0])
+        self.images, self.labels = replicate((np.asarray(images, np.uint8),
+                                              np.asarray(labels, np.int32) if conditional else None), mesh)
+        self.split = NamedSharding(mesh, P("data"))
+        key_data = np.asarray(state.keys[...].addressable_data(0))[0]  # the data-order key
+        self.shuffle = jax.jit(lambda epoch: epoch_order(jax.random.wrap_key_data(key_data), epoch, len(images),
+                                                         cfg.batch_size), out_shardings=NamedSharding(mesh, P()))
         self.epoch, self.order = None, None
 
     def batch(self, step: int):
         """(x0, labels or None, mask) of global step `step`, split over the mesh."""
-        if step // self.steps_per_epoch != self.epoch:  # one permutation per epoch (helpers.data)
-            self.epoch = step // self.steps_per_epoch
-            self.order = epoch_order(self.data_key, self.epoch, self.num_examples, self.batch_size)
-        rows = get_batch(self.images, self.labels, self.order, step % self.steps_per_epoch, self.batch_size,
-                         self.rows, self.sharding)
-        return to_global(rows, self.mesh)
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self.epoch:  # one permutation per epoch (helpers.data)
+            self.epoch, self.order = epoch, self.shuffle(epoch)
+        return get_batch(self.images, self.labels, self.order, position, self.batch_size, self.split)
 
 
 def place_state(state: TrainState, mesh) -> TrainState:
@@ -237,11 +236,13 @@ def run_chunk(state: TrainState, feed: BatchFeed, plan: Plan, cfg: Config, start
     graphdef, pure = nnx.split(state)
     learning_rates = np.asarray(plan.learning_rate(np.arange(start, stop)), np.float32)  # lr(s) at step s
     out = []
-    for s, learning_rate in zip(range(start, stop), learning_rates):
-        x0, labels, mask = feed.batch(s)
-        pure, metrics = compiled_train_step(graphdef, pure, x0, labels, mask, np.int32(s), learning_rate, cfg=cfg)
-        out.append(metrics)
-    nnx.update(state, pure)
+    try:
+        for s, learning_rate in zip(range(start, stop), learning_rates):
+            x0, labels, mask = feed.batch(s)
+            pure, metrics = compiled_train_step(graphdef, pure, x0, labels, mask, np.int32(s), learning_rate, cfg=cfg)
+            out.append(metrics)
+    finally:  # an interrupt too leaves the state on the newest arrays (the step donates the ones before)
+        nnx.update(state, pure)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
 
@@ -272,6 +273,30 @@ def stop_at_non_finite_loss(state: TrainState, chunk: Chunk) -> None:
             f"checkpoint is kept. Try a lower --learning-rate, keep --grad-clip on, or use --loss huber.")
 
 
+class StopOnCtrlC:
+    """Hook, and a `with` block around training: Ctrl-C stops the run after the current chunk and its hooks,
+    so no step or checkpoint is cut in half; a second Ctrl-C stops at once. With several processes, all
+    stop after the same chunk."""
+    def __enter__(self):
+        self.asked, self.previous = False, signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread():  # Python handles signals there only
+            signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def _ask(self, *_):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __exit__(self, *exc):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.SIG_DFL)
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if any_process(self.asked):
+            raise KeyboardInterrupt
+
+
 def take_guide_at(step: int | None):
     """Hook: copy the EMA weights into the autoguidance guide at the plan's guide step."""
     def take_guide(state: TrainState, chunk: Chunk) -> None:
@@ -299,11 +324,12 @@ class History:
             self.log(f"epoch {s // spe + 1}: avg loss {np.mean(h['loss'][max(0, end - spe):end]):.4f}")
 
 
-def seconds_per_step(cfg: Config, feed: BatchFeed, steps: int = 20) -> float:
-    """Wall time of one compiled step of `cfg` here, timed on a throwaway state (the run reuses the step)."""
+def seconds_per_step(cfg: Config, feed: BatchFeed, steps: int = 20, warmup: int = 10) -> float:
+    """Wall time of one compiled step of `cfg` here, timed on a throwaway state after `warmup` untimed steps
+    (the first ones after compiling run slower); the run reuses the compiled step."""
     state = place_state(TrainState(cfg), feed.mesh)
-    plan = make_plan(cfg, feed.num_examples, total_steps=steps + 1)
-    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 0, 1))  # compiles
+    plan = make_plan(cfg, feed.num_examples, total_steps=warmup + steps + 1)
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 0, warmup + 1))  # compiles, then warms up
     t0 = time.perf_counter()
-    jax.block_until_ready(run_chunk(state, feed, plan, cfg, 1, steps + 1))
+    jax.block_until_ready(run_chunk(state, feed, plan, cfg, warmup + 1, warmup + steps + 1))
     return (time.perf_counter() - t0) / steps

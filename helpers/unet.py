@@ -4,11 +4,8 @@
         -> middle: ResBlock (+Attn) ResBlock at the lowest resolution
         -> up path: ResBlock x (n+1) on [h, skip] (+Attn), upsample, ... -> GroupNorm, act, conv -> (B,32,32,1)"""
 
-from __future__ import annotations
-
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +14,7 @@ from flax import nnx
 ACTIVATIONS = {"gelu": jax.nn.gelu, "silu": jax.nn.silu, "relu": jax.nn.relu}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class UNetConfig:
     """The reference tutorial's `UNetBackboneConfig` fields, each of which really shapes the model."""
     hidden_dims: tuple[int, ...] = (64, 128, 256)  # channels per resolution level
@@ -47,9 +44,8 @@ class UNetConfig:
 
     def validate(self) -> "UNetConfig":
         """Raise ValueError with what to change when the network cannot be built as asked."""
-        sizes = ("num_res_blocks", "time_embedding_dim", "in_channels", "out_channels", "image_size", "num_heads",
-                 "max_norm_groups", "patch_size", "num_classes")
-        for name in sizes + ("hidden_dims", "channel_mult"):
+        for name in ("num_res_blocks", "time_embedding_dim", "in_channels", "out_channels", "image_size", "num_heads",
+                     "max_norm_groups", "patch_size", "num_classes", "hidden_dims", "channel_mult"):
             value = getattr(self, name)
             if value is not None and min(value if isinstance(value, tuple) else (value,), default=0) <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")
@@ -136,14 +132,14 @@ class UNet(nnx.Module):
     """Denoising UNet: `model(x_t, t)` or, when conditional, `model(x_t, t, labels)`."""
     def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg.validate()
-        chans, res, emb = cfg.channels, cfg.resolutions, cfg.time_embedding_dim
+        chans, res, emb, dtype = cfg.channels, cfg.resolutions, cfg.time_embedding_dim, jnp.dtype(cfg.dtype)
         self.act = ACTIVATIONS[cfg.activation]
         self.time_mlp1 = nnx.Linear(emb, emb, rngs=rngs)
         self.time_mlp2 = nnx.Linear(emb, emb, rngs=rngs)
         self.label_emb = nnx.Embed(cfg.num_classes + 1, emb, rngs=rngs) if cfg.num_classes else None
         patch_channels = cfg.patch_size**2
         self.conv_in = nnx.Conv(cfg.in_channels * patch_channels, chans[0], (3, 3), padding="SAME",
-                                dtype=jnp.dtype(cfg.dtype), rngs=rngs)
+                                dtype=dtype, rngs=rngs)
         down, skip_chans, c = [], [chans[0]], chans[0]
         for i, (c_out, r) in enumerate(zip(chans, res)):
             for _ in range(cfg.num_res_blocks):
@@ -152,9 +148,8 @@ class UNet(nnx.Module):
                 if r in cfg.attention_resolutions:
                     down.append(SelfAttention(c, cfg, rngs=rngs))
                 skip_chans.append(c)
-            if i < len(chans) - 1:
-                down.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), padding="SAME", dtype=jnp.dtype(cfg.dtype),
-                                     rngs=rngs))  # downsample: H x W -> H/2 x W/2
+            if i < len(chans) - 1:  # downsample: H x W -> H/2 x W/2
+                down.append(nnx.Conv(c, c, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, rngs=rngs))
                 skip_chans.append(c)
         self.down = nnx.List(down)
         self.mid1 = ResBlock(c, c, emb, cfg, rngs=rngs)
@@ -196,12 +191,10 @@ class UNet(nnx.Module):
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
                 skips.append(h)
         h = self.mid1(h, emb)
-        h = self.mid_attn(h) if self.mid_attn is not None else h
-        h = self.mid2(h, emb)
+        h = self.mid2(h if self.mid_attn is None else self.mid_attn(h), emb)
         for layer in self.up:
             h = layer(jnp.concatenate([h, skips.pop()], axis=-1), emb) if isinstance(layer, ResBlock) else layer(h)
-        out = self.conv_out(self.act(self.norm_out(h)))
-        return depth_to_space(out, self.cfg.patch_size).astype(jnp.float32)
+        return depth_to_space(self.conv_out(self.act(self.norm_out(h))), self.cfg.patch_size).astype(jnp.float32)
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:

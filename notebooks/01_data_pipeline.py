@@ -54,7 +54,7 @@ print(data.missing_data_message("mnist", data.default_data_dir()))
 # as uint8 images of shape (N, 28, 28, 1) and integer labels.
 
 # %%
-limit = 2_000 if PRESET == "tiny" else None
+limit = 2_000 if tutorial.quick() else None
 train_images, train_labels = data.load_split("mnist", "train", limit=limit)
 test_images, test_labels = data.load_split("mnist", "test", limit=limit)
 print(f"train: {train_images.shape} {train_images.dtype}, labels {train_labels.shape}")

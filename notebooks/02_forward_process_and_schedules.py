@@ -141,7 +141,7 @@ for s in (linear, cosine):
 
 # %%
 t_check = 300
-n_draws = 256 if PRESET == "tiny" else 2048
+n_draws = 256 if tutorial.quick() else 2048
 keys = jax.random.split(jax.random.key(2), t_check + 2)
 x = jnp.broadcast_to(x0, (n_draws, *x0.shape[1:]))
 for i in range(t_check + 1):  # steps 0..t_check of the chain

@@ -297,7 +297,7 @@ for s in range(3):
 # after every step would make Python wait for each step in turn.
 
 # %%
-LOOP_STEPS, CHUNK = (200, 50) if PRESET != "tiny" else (8, 4)
+LOOP_STEPS, CHUNK = (8, 4) if tutorial.quick() else (200, 50)
 
 
 def train_loop(graphdef, state, learning_rate, first_step: int, num_steps: int):
@@ -473,7 +473,7 @@ tutorial.show(fig, "samples_at_checkpoints")
 # %%
 t0 = time.perf_counter()
 guidance = autoguidance_of(cfg_run, run_state)  # the run's guide and w (None: no autoguidance)
-samples = draw_samples(cfg_run, run_state, jax.random.key(2026), 100 if PRESET != "tiny" else 16,
+samples = draw_samples(cfg_run, run_state, jax.random.key(2026), 16 if tutorial.quick() else 100,
                        autoguidance=guidance)  # EMA weights
 samples.block_until_ready()
 print(f"{len(samples)} samples with {cfg_run.sampler}-{cfg_run.sample_steps} in {time.perf_counter() - t0:.1f} s")

@@ -53,8 +53,8 @@ from helpers.training import noise_schedule
 from helpers.unet import create_unet
 
 PRESET = tutorial.setup("05_evaluating_samples")
-TINY = PRESET == "tiny"
-N = 200 if TINY else 1000
+QUICK = tutorial.quick()  # a check of the code: smaller sets
+N = 200 if QUICK else 1000
 
 # %% [markdown]
 # ## 1. The evaluation classifier
@@ -70,8 +70,8 @@ N = 200 if TINY else 1000
 # training digits instead of all of them: those figures are only a smoke test.)
 
 # %%
-evaluator = get_evaluator(quick=TINY)
-test_images, test_labels = data.load_split("mnist", "test", limit=2000 if TINY else None)
+evaluator = get_evaluator(quick=QUICK)
+test_images, test_labels = data.load_split("mnist", "test", limit=2000 if QUICK else None)
 logits, _ = evaluator.predict(data.to_model_range(jnp.asarray(test_images)))
 print(f"classifier test accuracy: {np.mean(np.argmax(logits, 1) == test_labels):.2%} "
       f"on {len(test_images):,} test digits")
@@ -144,7 +144,7 @@ if len(run_samples) < N:  # the tiny run saves few samples; draw more from its c
 run_samples = run_samples[:N]
 
 test_m11 = np.asarray(data.to_model_range(jnp.asarray(test_images)))
-train_images, train_labels = data.load_split("mnist", "train", limit=5000 if TINY else 20_000)
+train_images, train_labels = data.load_split("mnist", "train", limit=5000 if QUICK else 20_000)
 untrained = sample(create_unet(get_config(PRESET).model, seed=1), noise_schedule(cfg), jax.random.key(4),
                    min(N, 200), sampler=cfg.sampler, steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction)
 

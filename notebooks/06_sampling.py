@@ -43,7 +43,7 @@ from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
 from helpers import data
 from helpers.losses import to_x0_and_eps
-from helpers.sampling import DDIMSampler, ddim_pairs, sample
+from helpers.sampling import DDIMSampler, make_sampler, sample
 from helpers.training import noise_schedule
 
 PRESET = tutorial.setup("06_sampling")
@@ -105,12 +105,17 @@ print(f"t = {t_mid} -> {t_mid - 1}: largest difference between algorithm 2 and D
 #
 # ## 2. DDIM's timesteps: explicit (t, t_prev) pairs
 #
-# A DDIM sampler with $S$ steps visits $S$ evenly spaced timesteps from $T-1$ down to 0; each step
-# goes from $t$ to the next one, $t_{prev}$, and the last step goes to "-1", the clean image
-# ($\bar\alpha_{-1} = 1$). Writing the pairs out avoids the off-by-one errors of `t - T // S`.
+# A DDIM sampler with $S$ steps evaluates the network at $S$ noise levels evenly spaced in
+# $\lambda = \log(\alpha_t / \sigma_t)$, half the log signal-to-noise ratio, from $\lambda = -4.8$ (a signal of
+# 0.8% of the noise) to the cleanest timestep, each at the nearest timestep. It does not start at $T-1$:
+# the cosine schedule's last betas are clipped (notebook 02), so its last few timesteps are far noisier
+# ($\lambda_{999} = -9.9$) and a step there changes nothing. Each step goes from $t$ to the next one,
+# $t_{prev}$, and the last step goes to "-1", the clean image ($\bar\alpha_{-1} = 1$), so the last
+# evaluation lands where it still acts. Writing the pairs out avoids the off-by-one errors of `t - T // S`.
+# Every sampler in these notebooks but DDPM uses this one time grid (`helpers.sampling.time_grid`).
 
 # %%
-print("DDIM-10 pairs (t, t_prev):", [tuple(int(v) for v in p) for p in ddim_pairs(T, 10)])
+print("DDIM-10 pairs (t, t_prev):", [tuple(int(v) for v in p) for p in make_sampler(schedule, "ddim", 10).pairs()])
 
 # %% [markdown]
 # ## 3. One DDIM step
@@ -163,7 +168,7 @@ tutorial.show(fig, "one_ddim_step")
 # Same noise seed for every row, so differences come from the sampler alone.
 
 # %%
-n = 8 if PRESET == "tiny" else 40
+n = 8 if tutorial.quick() else 40
 key = jax.random.key(5)
 settings = [("ddim", s) for s in (10, 20, 50, 100, 200) if s <= T] + [("ddpm", T)]
 results, timings = {}, []
@@ -219,9 +224,9 @@ tutorial.show(fig, "eta_sweep")
 # noise, so the comparison is paired.
 
 # %%
-evaluator = get_evaluator(quick=PRESET == "tiny")
-n_score = 32 if PRESET == "tiny" else 300
-score_steps = [s for s in ((10, 25) if PRESET == "tiny" else (25, 50, 100)) if s <= T]  # tiny: a code check
+evaluator = get_evaluator(quick=tutorial.quick())
+n_score = 32 if tutorial.quick() else 300
+score_steps = [s for s in ((10, 25) if tutorial.quick() else (25, 50, 100)) if s <= T]  # quick: a code check
 scores = {}
 print(f"{n_score} samples per setting, the same noise for all")
 print(f"{'sampler':9s} {'eta':>4s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s}")

@@ -33,15 +33,15 @@ import numpy as np
 import helpers  # noqa: F401
 import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.metrics import get_evaluator
-from helpers.sampling import Autoguidance, DPMSolverPP, lambda_pairs, make_sampler, network_evaluations, sample
+from helpers.sampling import Autoguidance, DPMSolverPP, make_sampler, network_evaluations, sample
 from helpers.training import noise_schedule
 
 PRESET = tutorial.setup("07_faster_sampling_and_guidance")
 cfg, run_state, summary = tutorial.trained_run(PRESET)
 T = cfg.num_timesteps
 ema_model, schedule = run_state.ema.model, noise_schedule(cfg)
-evaluator = get_evaluator(quick=PRESET == "tiny")
-n_score = 32 if PRESET == "tiny" else 300
+evaluator = get_evaluator(quick=tutorial.quick())
+n_score = 32 if tutorial.quick() else 300
 ncols = 10
 print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']}, T = {T}; "
       f"the preset samples with {cfg.sampler}-{cfg.sample_steps}, autoguidance w = {cfg.autoguidance_scale:g}")
@@ -162,15 +162,17 @@ tutorial.show(fig, "autoguidance_scores")
 # $$x_{t_{prev}} = \frac{\sigma_{t_{prev}}}{\sigma_t}\,e^{-h}\,x_t + \alpha_{t_{prev}}\,(1 - e^{-2h})\,D +
 #   \sigma_{t_{prev}}\sqrt{1 - e^{-2h}}\,z .$$
 #
-# The solver visits timesteps evenly spaced in $\lambda$, not in $t$: on DDIM's even $t$ the last
-# steps are long jumps in $\lambda$, where a straight-line extrapolation overshoots. The tests check
+# The solver steps in $\lambda$, so it visits the time grid of notebook 06 (timesteps evenly spaced in
+# $\lambda$, from $\lambda = -4.8$ to the cleanest timestep), as DDIM does: on timesteps evenly spaced
+# in $t$ instead, the last steps would be long jumps in $\lambda$, where a straight-line extrapolation
+# overshoots. The tests check
 # all of this on data whose ideal denoiser is known in closed form (Gaussian data): every sampler
 # draws the right variance, and at 10 steps DPM-Solver++ is closer than DDIM. Here is the step as
 # `helpers` runs it inside the same `lax.scan` as DDIM:
 
 # %%
 print(inspect.getsource(DPMSolverPP.step))
-print("DPM-Solver++ with 10 steps visits t =", lambda_pairs(schedule, 10)[:, 0].tolist())
+print("DPM-Solver++ with 10 steps visits t =", make_sampler(schedule, "dpmpp_2m", 10).pairs()[:, 0].tolist())
 
 # %% [markdown]
 # ## 3. A guidance interval
@@ -204,14 +206,14 @@ for name, steps_e in (("ddim", 100), ("ddim", 50), ("dpmpp_2m_sde", 25), ("dpmpp
 # setting is drawn with three, to show how far the same setting moves between seeds.
 
 # %%
-N_SWEEP = 64 if PRESET == "tiny" else 1000
+N_SWEEP = 64 if tutorial.quick() else 1000
 w = cfg.autoguidance_scale
 SWEEP = [  # (sampler, eta, steps, guidance)
     ("ddim", 1.0, 100, "all"), ("ddim", 1.0, 50, "all"), ("ddim", 0.0, 50, "all"), ("dpmpp_2m", 0.0, 50, "all"),
     ("dpmpp_2m_sde", 0.0, 10, "all"), ("dpmpp_2m_sde", 0.0, 25, "all"), ("dpmpp_2m_sde", 0.0, 50, "all"),
     ("dpmpp_2m_sde", 0.0, 50, "interval"), ("dpmpp_2m_sde", 0.0, 50, "off"),
 ]
-if PRESET == "tiny":  # a check of the code: each setting compiles once, so only a few of them
+if tutorial.quick():  # a check of the code: each setting compiles once, so only a few of them
     SWEEP = SWEEP[:2]
 PRESET_SETTING = (cfg.sampler, cfg.eta if cfg.sampler == "ddim" else 0.0, min(cfg.sample_steps, T), "all")
 if PRESET_SETTING not in SWEEP:  # e.g. the tiny preset's sampler

@@ -247,9 +247,9 @@ tutorial.show(fig, "few_steps")
 # %% [markdown]
 # With one step both models return a blurred average digit: one step can only follow the velocity
 # (or the noise estimate) taken at pure noise. With two steps the flow model already draws digits
-# while DDIM still returns blurs. Part of that is the time grid: DDIM's evenly spaced timesteps put
-# its second evaluation at timestep 0, where the blur from the first step is taken as an almost clean
-# image, while Euler's second evaluation is at $t = 0.5$, in the middle of the path. From four steps
+# while DDIM still returns blurs. Both samplers visit the same noise levels: the flow sampler's times
+# are those of the time grid of notebook 06, each flow time $t$ at the signal-to-noise ratio
+# $((1 - t) / t)^2$ of DDIM's timestep, so the two models are compared, not two grids. From four steps
 # on both draw digits, and the same noise often becomes the same digit in both models.
 #
 # ## 5. Flow matching against DDPM at equal training compute
@@ -264,12 +264,12 @@ tutorial.show(fig, "few_steps")
 # with DPM-Solver++(2M) SDE, the preset's sampler.
 
 # %%
-N, SEEDS = (32, (0, 1)) if PRESET == "tiny" else (1000, (0, 1, 2))
+N, SEEDS = (32, (0, 1)) if tutorial.quick() else (1000, (0, 1, 2))
 SWEEP = {"euler": (2, 5, 10, 25, 50), "heun": (2, 3, 5, 13, 25), "ddim": (2, 5, 10, 25, 50),
          "dpmpp_2m_sde": (2, 5, 10, 25, 50)}
-if PRESET == "tiny":
+if tutorial.quick():
     SWEEP = {k: v[:2] for k, v in SWEEP.items()}
-evaluator = get_evaluator(quick=PRESET == "tiny")
+evaluator = get_evaluator(quick=tutorial.quick())
 results = []
 jobs = [(sampler, steps, seed) for sampler, all_steps in SWEEP.items() for steps in all_steps for seed in SEEDS]
 for sampler, steps, seed in tqdm(jobs, desc="sampling and scoring", unit="draw"):

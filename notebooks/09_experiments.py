@@ -41,14 +41,14 @@ from helpers.config import get_config
 from helpers.distributed import data_mesh
 from helpers.losses import sample_timesteps, to_x0_and_eps
 from helpers.metrics import get_evaluator
-from helpers.training import BatchFeed, TrainState, noise_schedule, seconds_per_step
+from helpers.training import BatchFeed, TrainState, make_plan, noise_schedule, seconds_per_step
 
 from helpers.unet import count_params, create_unet
 
 PRESET = tutorial.setup("09_experiments")
-TINY = PRESET == "tiny"
-BASE_STEPS = 8 if TINY else get_config(PRESET).max_steps // 5  # the baseline's steps: a fifth of the preset's run
-NUM_SAMPLES = 64 if TINY else 500  # samples per variant for the quality scores
+QUICK = tutorial.quick()  # a check of the code: fewer samples and steps
+BASE_STEPS = max(1, make_plan(get_config(PRESET), 60_000).total_steps // 5)  # a fifth of the preset's run
+NUM_SAMPLES = 64 if QUICK else 500  # samples per variant for the quality scores
 
 # %% [markdown]
 # ## 1. The variants
@@ -76,7 +76,7 @@ variants = {  # each flips one choice of the baseline to the alternative
     "small UNet": {"hidden_dims": narrow},
     "large UNet": {"hidden_dims": wide},
 }
-if TINY:  # a smoke test of the code (each run is mostly compilation at tiny); the exercises use these four
+if PRESET == "tiny":  # a smoke test of the code (each run is mostly compilation at tiny); the exercises use these four
     variants = dict(list(variants.items())[:4])
 print(f"baseline ({PRESET}): schedule {base.schedule}, prediction {base.prediction}, "
       f"weighting {base.loss_weighting}, UNet {base.model.channels} x {base.model.num_res_blocks} blocks, "
@@ -112,7 +112,7 @@ def step_seconds_by_width(cfg_by_width: dict, rounds: int = 3, steps: int = 20) 
     widths, times = list(cfg_by_width), {w: [] for w in cfg_by_width}
     for r in range(rounds + 1):
         for w in widths[r % len(widths):] + widths[:r % len(widths)]:
-            seconds = seconds_per_step(cfg_by_width[w], feeds[w], steps)
+            seconds = seconds_per_step(cfg_by_width[w], feeds[w], steps, warmup=1 if QUICK else 10)
             if r > 0:  # round 0 is the warm-up
                 times[w].append(seconds)
     return {w: float(np.median(t)) for w, t in times.items()}
@@ -121,7 +121,7 @@ def step_seconds_by_width(cfg_by_width: dict, rounds: int = 3, steps: int = 20) 
 by_width = {cfg.model.hidden_dims: cfg for cfg in configs.values()}
 seconds = {base.model.hidden_dims: 1.0}  # one width (the tiny preset's four variants): nothing to time
 if len(by_width) > 1:
-    seconds = step_seconds_by_width(by_width)
+    seconds = step_seconds_by_width(by_width, *((1, 2) if QUICK else ()))
     for width, s in seconds.items():
         print(f"UNet {str(width):14s} {1000 * s:5.0f} ms per step, {seconds[base.model.hidden_dims] / s:4.2f}x the "
               f"baseline's speed")
@@ -166,8 +166,8 @@ def denoising_error(model, schedule, prediction, x0, key, batch_size=500):
     return total / len(x0)
 
 
-evaluator = get_evaluator(quick=TINY)
-test_images, _ = data.load_split("mnist", "test", limit=1000 if not TINY else 200)
+evaluator = get_evaluator(quick=QUICK)
+test_images, _ = data.load_split("mnist", "test", limit=200 if QUICK else 1000)
 x0_test = data.to_model_range(jnp.asarray(test_images))
 rows, grids, trained = [], {}, {}
 for name, cfg in configs.items():

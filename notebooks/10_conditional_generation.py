@@ -39,10 +39,10 @@ from helpers.config import get_config
 from helpers.metrics import get_evaluator
 from helpers.plotting import plot_samples
 from helpers.sampling import sample
-from helpers.training import noise_schedule
+from helpers.training import make_plan, noise_schedule
 
 PRESET = tutorial.setup("10_conditional_generation")
-TINY = PRESET == "tiny"
+QUICK = tutorial.quick()  # a check of the code: fewer samples
 
 # %% [markdown]
 # ## 1. A class-conditional model
@@ -57,8 +57,7 @@ TINY = PRESET == "tiny"
 # %%
 # autoguidance (the preset's other guidance, notebook 07) stays off: this notebook studies classifier-free guidance alone
 overrides = dict(num_classes=10, label_dropout=0.1, guide_fraction=None, autoguidance_scale=1.0)
-if not TINY:  # 60% of the preset's steps
-    overrides.update(max_steps=int(0.6 * get_config(PRESET).max_steps))
+overrides.update(max_steps=max(1, int(0.6 * make_plan(get_config(PRESET), 60_000).total_steps)))  # 60% of the preset's
 cfg = get_config(PRESET, **overrides)
 run_dir = tutorial.runs_dir() / f"conditional-{PRESET}"
 t0 = time.perf_counter()
@@ -90,7 +89,7 @@ tutorial.show(fig, "one_row_per_digit")
 # how often the sample is the digit that was asked for.
 
 # %%
-evaluator = get_evaluator(quick=TINY)
+evaluator = get_evaluator(quick=QUICK)
 scales = (0.0, 1.0, 2.0, 3.0, 5.0)
 n_eval = 100
 eval_labels = jnp.arange(n_eval) % 10
@@ -199,7 +198,7 @@ tutorial.show(fig, "exercise_style_per_noise")
 
 # %% jupyter={"source_hidden": true}
 # Solution 3: 300 samples per scale, the same noise and labels for each.
-n_more = 60 if TINY else 300
+n_more = 60 if QUICK else 300
 more_labels = jnp.arange(n_more) % 10
 print(f"{'w':>4s} {'label match':>11s} {'conf > 0.9':>10s} {'FD':>8s}   (N = {n_more})")
 for w in (1.5, 2.0, 3.0):

@@ -36,16 +36,16 @@ from helpers.losses import loss_weights, per_example_loss, prediction_target, sa
 from helpers.metrics import nearest_neighbours
 from helpers.plotting import plot_samples, plot_training_curve
 from helpers.runs import draw_samples
-from helpers.training import noise_schedule
+from helpers.training import make_plan, noise_schedule
 
 PRESET = tutorial.setup("11_fashion_mnist")
-TINY = PRESET == "tiny"
+QUICK = tutorial.quick()  # a check of the code: fewer images
 
 # %% [markdown]
 # ## 1. The data
 
 # %%
-images, labels = data.load_split("fashion_mnist", "train", limit=2000 if TINY else None)
+images, labels = data.load_split("fashion_mnist", "train", limit=2000 if QUICK else None)
 mnist, _ = data.load_split("mnist", "train", limit=len(images))
 names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 print(f"{len(images):,} images; classes: {', '.join(names)}")
@@ -86,8 +86,9 @@ print(f"mean pixel: MNIST {mnist.mean():.1f}, Fashion-MNIST {images.mean():.1f};
 
 # %%
 overrides = dict(dataset="fashion_mnist", guide_fraction=None, autoguidance_scale=1.0)  # autoguidance off (see above)
-if not TINY:
-    overrides.update(max_steps=get_config(PRESET).max_steps // 2, num_samples=64)
+overrides.update(max_steps=max(1, make_plan(get_config(PRESET), len(images)).total_steps // 2))  # half the preset's
+if not QUICK:
+    overrides.update(num_samples=64)
 cfg = get_config(PRESET, **overrides)
 run_dir = tutorial.runs_dir() / f"fashion-{PRESET}"
 cfg, state, summary = tutorial.ensure_run(run_dir, cfg)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 
 import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
 from _cli import add_config_flags, fail, overrides_from
+from _processes import (LOST_CONTACT, WORKER_LOG, become_worker, cluster_detected, join_processes, lost_contact,
+                        process_id_of, supervise)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,63 +47,56 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cluster_detected(environ=os.environ) -> bool:
-    """Whether a cluster that `jax.distributed.initialize()` detects by itself (SLURM, Open MPI) started
-    this process as one of several tasks."""
-    tasks = environ.get("SLURM_NTASKS") or environ.get("OMPI_COMM_WORLD_SIZE") or "1"
-    return any(v in environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")) and int(tasks) > 1
+def several_processes(args) -> bool:
+    """Whether the flags, or a cluster job such as SLURM's, ask for several processes."""
+    return any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)) or cluster_detected()
 
 
-def join_processes(coordinator=None, num_processes=None, process_id=None, timeout_s: int = 300) -> None:
-    """`jax.distributed.initialize` with these values (None: the cluster's). A process still alone after
-    `timeout_s` seconds exits with what to check (JAX itself would abort with a C++ stack trace)."""
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices reduce over TCP (GPUs: NCCL)
-    who = f"{num_processes} processes" if num_processes else "cluster's processes"
-    where = coordinator or "from the cluster"
-
-    def give_up():
-        print(f"error: the {who} did not all join within {timeout_s} s (coordinator {where}; this is process "
-              f"{process_id}). Start every process with the same --coordinator and --num-processes and a "
-              f"different --process-id, and check that the coordinator's port is reachable. Nothing was written.",
-              file=sys.stderr, flush=True)
-        os._exit(2)
-
-    watchdog = threading.Timer(timeout_s, give_up)
-    watchdog.daemon = True
-    watchdog.start()
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=timeout_s + 60)
-    watchdog.cancel()
-
-
-def join_processes_from(args) -> None:
-    """Join the other processes when the flags (or a cluster such as SLURM) say there are any."""
+def check_process_flags(args) -> None:
+    """The process flags go together and make sense, and several processes share one --out."""
     flags = (args.coordinator, args.num_processes, args.process_id)
-    if all(v is None for v in flags):
-        if cluster_detected():
-            join_processes(timeout_s=args.join_timeout)
-        return
-    if any(v is None for v in flags):
+    if any(v is None for v in flags) and not all(v is None for v in flags):
         fail("--coordinator, --num-processes and --process-id go together: give all three (or none).")
-    host, _, port = args.coordinator.rpartition(":")
-    if not host or not port.isdigit():
-        fail(f"--coordinator must be HOST:PORT (e.g. 127.0.0.1:4747), got {args.coordinator!r}.")
-    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
-        fail(f"--process-id must be in 0..{args.num_processes - 1} and --num-processes at least 1, "
-             f"got {args.process_id} of {args.num_processes}.")
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            fail(f"--coordinator must be HOST:PORT (e.g. 127.0.0.1:4747), got {args.coordinator!r}.")
+        if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+            fail(f"--process-id must be in 0..{args.num_processes - 1} and --num-processes at least 1, "
+                 f"got {args.process_id} of {args.num_processes}.")
     if args.join_timeout <= 0:
         fail(f"--join-timeout must be positive, got {args.join_timeout}.")
-    join_processes(args.coordinator, args.num_processes, args.process_id, timeout_s=args.join_timeout)
+    if not args.out:
+        fail("several processes need --out, the same run folder for every process (on a file system they all "
+             "reach).")
 
 
 def main(argv=None) -> int:
+    """One process; with several, each runs its supervisor (scripts/_processes.py) and that its worker."""
     args = parse_args(argv)
-    join_processes_from(args)  # before anything starts JAX's backends
+    if not several_processes(args):
+        return train(args, several=False)
+    check_process_flags(args)
+    if WORKER_LOG not in os.environ:
+        return supervise(process_id_of(args), args.num_processes, args.out)
+    become_worker(os.environ[WORKER_LOG], quiet=process_id_of(args) != 0)
+    try:
+        join_processes(args.coordinator, args.num_processes, args.process_id, timeout_s=args.join_timeout)
+        code = train(args, several=True)  # JAX's backends start here, after joining
+    except SystemExit as stop:
+        code = stop.code
+    sys.stdout.flush(), sys.stderr.flush()
+    if code:  # leave at once: JAX's shutdown barrier would wait for processes that may be gone
+        os._exit(code)
+    return 0
+
+
+def train(args, several: bool) -> int:
+    """Train as the flags say; every bad input, and a NaN loss, ends with one line and an exit code."""
     from helpers.checkpoints import CheckpointError
     from helpers.config import get_config
     from helpers.data import DataNotFoundError
+    from helpers.distributed import ProcessError
     from helpers.runs import RunExistsError, train_run
     from helpers.training import NonFiniteLossError
 
@@ -117,17 +111,21 @@ def main(argv=None) -> int:
         out = args.out or f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         train_run(cfg, out, data_dir=args.data_dir, manual_dir=args.manual_dir, resume=args.resume,
                   progress=not args.no_progress, evaluate=not args.no_evaluate)
-    except (ValueError, TypeError, DataNotFoundError, RunExistsError, CheckpointError) as err:
-        fail(str(err))
-    except NonFiniteLossError as err:
-        fail(str(err), code=3)
     except KeyboardInterrupt:
         return 130
+    except NonFiniteLossError as err:
+        fail(str(err), code=3)
+    except Exception as err:
+        if several and lost_contact(err):
+            return LOST_CONTACT  # the supervisor names the lost process
+        if isinstance(err, (ValueError, TypeError, DataNotFoundError, RunExistsError, CheckpointError, ProcessError)):
+            fail(str(err))
+        raise
     return 0
 
 
 if __name__ == "__main__":
     from helpers.environment import tune_for_cpu
 
-    tune_for_cpu()  # before JAX starts; may restart this script once (helpers.environment)
+    tune_for_cpu(announce=process_id_of(parse_args()) == 0)  # before JAX starts; may restart this script once
     sys.exit(main())

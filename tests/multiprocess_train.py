@@ -1,9 +1,9 @@
 """scripts/train.py for the multi-process tests, with one deliberate fault available.
 
-    python tests/multiprocess_train.py [--wrong-slice] <train.py flags>
+    python tests/multiprocess_train.py [--wrong-order] <train.py flags>
 
-`--wrong-slice` makes every process feed process 0's rows of each global batch instead of its own:
-the mistake the tests must catch (the same batch twice, half of it never seen)."""
+`--wrong-order` makes each process shuffle the training set with a key of its own, so that the devices of
+one global batch take their rows from different permutations: the mistake the tests must catch."""
 
 import sys
 from pathlib import Path
@@ -12,14 +12,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--wrong-slice" in argv:
-        argv.remove("--wrong-slice")
+    if "--wrong-order" in argv:
+        argv.remove("--wrong-order")
+        import jax
+
         import helpers.training
 
-        def process_0_rows(batch_size, mesh):
-            return 0, batch_size // mesh.devices.size * len(helpers.training.local_sharding(mesh).mesh.devices.flat)
+        def own_order(key, epoch, num_examples, batch_size, _order=helpers.training.epoch_order):
+            return _order(jax.random.fold_in(key, jax.process_index()), epoch, num_examples, batch_size)
 
-        helpers.training.process_rows = process_0_rows
+        helpers.training.epoch_order = own_order
     import train
 
     sys.exit(train.main(argv))

@@ -71,16 +71,6 @@ def test_wrong_archives_are_reported(tmp_path, monkeypatch):
         load_split("mnist", "test", data_dir=tmp_path / "data", manual_dir=manual)
 
 
-def test_environment_variables_for_gpu_memory():
-    import os
-
-    import helpers  # noqa: F401  (sets them on import)
-
-    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.8"
-
-
 def test_mnist_and_fashion_mnist_prepared_side_by_side_stay_different(tmp_path, mnist_archives):
     """Both datasets from their manual folders in one data dir: the files share names, and TFDS's
     extraction cache must not hand Fashion-MNIST the MNIST images prepared before it."""

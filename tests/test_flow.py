@@ -13,10 +13,11 @@ from flax import nnx
 from helpers.config import get_config
 from helpers.losses import FLOW_TIME_SCALE, flow_matching_pair, flow_times, per_example_loss
 from helpers.sampling import Autoguidance, make_sampler, network_evaluations, sample
-from helpers.schedules import per_image
+from helpers.schedules import NoiseSchedule, per_image
 from helpers.unet import UNetConfig
 
 S = 0.3  # the data's standard deviation; small enough that the final clip to [-1, 1] changes nothing
+GRID = NoiseSchedule.cosine(1000)  # the time grid's noise levels: the DDPM runs' schedule
 
 
 def optimal_velocity(x_t, t, s=S):
@@ -37,7 +38,7 @@ class GaussianVelocity(nnx.Module):
 
 def _flow_samples(sampler, steps, n=2000, **kwargs):
     x_1 = jax.random.normal(jax.random.key(0), (n, 8, 8, 1))
-    x = sample(GaussianVelocity(), None, jax.random.key(1), n, sampler=sampler, steps=steps, x_T=x_1, **kwargs)
+    x = sample(GaussianVelocity(), GRID, jax.random.key(1), n, sampler=sampler, steps=steps, x_T=x_1, **kwargs)
     return np.asarray(x), np.asarray(x_1)
 
 
@@ -86,11 +87,13 @@ def test_flow_times_are_in_the_unit_interval_and_logit_normal_favours_the_middle
 
 def test_network_evaluations_of_euler_and_heun():
     """Euler: one evaluation per step; Heun: two, except on its last (an Euler step to t = 0)."""
-    assert network_evaluations(make_sampler(None, "euler", 10)) == 10
-    assert network_evaluations(make_sampler(None, "heun", 10)) == 19
-    assert network_evaluations(make_sampler(None, "heun", 10), guided=True) == 38
-    pairs = make_sampler(None, "heun", 4).pairs()
-    np.testing.assert_allclose(pairs, [[1, 0.75], [0.75, 0.5], [0.5, 0.25], [0.25, 0]])
+    assert network_evaluations(make_sampler(GRID, "euler", 10)) == 10
+    assert network_evaluations(make_sampler(GRID, "heun", 10)) == 19
+    assert network_evaluations(make_sampler(GRID, "heun", 10), guided=True) == 38
+    pairs = make_sampler(GRID, "heun", 4).pairs()
+    assert 0.99 < pairs[0, 0] < 0.995 and pairs[-1, 1] == 0  # from lambda = -4.8 to the data
+    np.testing.assert_array_equal(pairs[1:, 0], pairs[:-1, 1])
+    assert np.all(np.diff(pairs[:, 0]) < 0)
 
 
 def test_autoguidance_of_a_flow_sampler():
@@ -103,22 +106,24 @@ def test_autoguidance_of_a_flow_sampler():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(objective="flow"), "--loss-weighting uniform, --sampler euler"),
-    (dict(objective="flow", loss_weighting="uniform", sampler="heun", prediction="epsilon"), "--prediction v"),
-    (dict(sampler="heun"), "for flow-matching runs"),
-    (dict(objective="flow", loss_weighting="uniform", sampler="euler", flow_times="beta"), "Unknown flow_times"),
+    (dict(objective="flow", prediction="epsilon"), "--prediction v"),
+    (dict(objective="flow", loss_weighting="min_snr"), "--loss-weighting uniform"),
+    (dict(objective="flow", flow_times="beta"), "Unknown flow_times"),
 ])
 def test_settings_that_do_not_fit_together_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         get_config("cpu", **overrides)
 
 
-def test_a_flow_config_is_accepted():
-    cfg = get_config("cpu", objective="flow", loss_weighting="uniform", sampler="heun", sample_steps=25)
-    assert cfg.objective == "flow" and cfg.flow_times == "logit_normal"
+@pytest.mark.parametrize("preset", ["paper", "cpu", "tiny"])
+def test_the_flow_objective_sets_its_own_prediction_weighting_and_sampler(preset):
+    cfg = get_config(preset, objective="flow")
+    assert (cfg.prediction, cfg.loss_weighting, cfg.sampler) == ("v", "uniform", "heun")
+    make_sampler(GRID, cfg.sampler, cfg.sample_steps, cfg.eta, cfg.objective)  # a sampler that fits
+    assert get_config(preset, objective="flow", sampler="euler").sampler == "euler"  # what is given is kept
 
 
 def test_clip_of_flow_samples_is_the_data_range():
     """The sampler's last step lands at t = 0 and the images are clipped to [-1, 1], as for DDPM."""
-    x = sample(GaussianVelocity(scale=-3.0), None, jax.random.key(4), 4, sampler="euler", steps=3)
+    x = sample(GaussianVelocity(scale=-3.0), GRID, jax.random.key(4), 4, sampler="euler", steps=3)
     assert float(jnp.max(jnp.abs(x))) <= 1.0

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers.sampling import Autoguidance, DDIMSampler, ddim_pairs, make_sampler, sample
+from helpers.sampling import (SAMPLERS, Autoguidance, DDIMSampler, FlowSampler, make_sampler, network_evaluations,
+                              sample, time_grid)
 from helpers.schedules import NoiseSchedule
 from helpers.unet import UNetConfig, create_unet
 
@@ -12,18 +13,64 @@ TINY = UNetConfig(hidden_dims=(4, 8), num_res_blocks=1, attention_resolutions=()
                   max_norm_groups=4, num_heads=1)
 
 
-def test_pairs_are_explicit_and_end_at_clean_image():
-    p = ddim_pairs(1000, 100)
-    assert p.shape == (100, 2)
-    assert p[0, 0] == 999 and p[-1, 0] == 0 and p[-1, 1] == -1
-    np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])  # each step starts where the last one ended
-    assert np.all(np.diff(p[:, 0]) < 0)
-    np.testing.assert_array_equal(ddim_pairs(5, 5), [[4, 3], [3, 2], [2, 1], [1, 0], [0, -1]])  # DDPM's
-    # uneven spacing is handled with explicit pairs, not t - T // N
-    p7 = ddim_pairs(100, 7)
-    assert p7[0, 0] == 99 and p7[-1, 1] == -1 and len(np.unique(p7[:, 0])) == 7
-    with pytest.raises(ValueError):
-        ddim_pairs(100, 101)
+def _lambdas(schedule, t):
+    return 0.5 * np.log(np.asarray(schedule.snr(np.asarray(t)), np.float64))
+
+
+def test_pairs_are_explicit_and_end_at_the_clean_image():
+    s = NoiseSchedule.cosine(1000)
+    for name in ("ddim", "dpmpp_2m", "dpmpp_2m_sde"):
+        p = make_sampler(s, name, 100).pairs()
+        assert p.shape == (100, 2) and p[-1, 1] == -1
+        np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])  # each step starts where the last one ended
+        assert np.all(np.diff(p[:, 0]) < 0)
+    ddpm = make_sampler(NoiseSchedule.cosine(5), "ddpm").pairs()  # Ho et al.'s algorithm 2: every timestep
+    np.testing.assert_array_equal(ddpm, [[4, 3], [3, 2], [2, 1], [1, 0], [0, -1]])
+    p7 = make_sampler(NoiseSchedule.cosine(100), "ddim", 7).pairs()  # uneven spacing: explicit pairs
+    assert p7[-1, 1] == -1 and len(np.unique(p7[:, 0])) == 7
+    with pytest.raises(ValueError, match="sample steps must be in 1..995"):
+        make_sampler(s, "ddim", 996)
+
+
+@pytest.mark.parametrize("steps", [10, 25, 50])
+def test_the_grid_spends_its_steps_where_the_image_changes(steps):
+    """The cpu preset's schedule (cosine, clipped betas): at most one evaluation below lambda = -5 and at most
+    a fifth below lambda = -3.4 (t >= 978), where the signal is under 3% of the image."""
+    s = NoiseSchedule.cosine(1000)
+    for name in ("ddim", "dpmpp_2m_sde"):
+        lam = _lambdas(s, make_sampler(s, name, steps).pairs()[:, 0])
+        assert np.sum(lam < -5) <= 1 and np.sum(lam < -3.4) <= steps / 5, (name, lam[:8])
+
+
+def test_the_grid_is_evenly_spaced_in_lambda_from_the_start_to_the_cleanest_timestep():
+    s = NoiseSchedule.cosine(1000)
+    t = time_grid(s, 50)
+    lam = _lambdas(s, t)
+    assert lam[0] == pytest.approx(-4.8, abs=0.1) and t[-1] <= 2  # from lambda = -4.8 to the cleanest timesteps
+    targets = np.linspace(lam[0], _lambdas(s, 0), 51)[:-1]  # even in lambda; each the nearest timestep's:
+    rounding = np.maximum(np.abs(_lambdas(s, t + 1) - lam), np.abs(_lambdas(s, np.maximum(t - 1, 0)) - lam)) / 2
+    assert np.all(np.abs(lam - targets)[:-4] <= rounding[:-4] + 1e-6)  # (the last few: timesteps run out at t ~ 0)
+    np.testing.assert_array_equal(time_grid(s, 995), np.arange(994, -1, -1))  # every timestep in the range
+    short = NoiseSchedule.linear(20)  # never as noisy as lambda = -4.8: starts at its last timestep
+    assert time_grid(short, 20)[0] == 19
+
+
+def test_at_two_steps_no_sampler_evaluates_at_t_zero():
+    s = NoiseSchedule.cosine(1000)
+    for name in set(SAMPLERS) - {"ddpm"}:
+        first_times = make_sampler(s, name, 2).pairs()[:, 0]
+        assert np.all(first_times > 0), (name, first_times)
+
+
+def test_flow_and_ddpm_grids_at_equal_steps_visit_the_same_noise_levels():
+    """Flow time t has SNR ((1 - t) / t)^2; at equal steps it equals the SNR at the DDPM grid's timesteps."""
+    s = NoiseSchedule.cosine(1000)
+    for steps in (2, 5, 25):
+        flow = FlowSampler(s, steps).pairs()
+        ddim = make_sampler(s, "ddim", steps).pairs()
+        np.testing.assert_allclose(np.log(((1 - flow[:, 0]) / flow[:, 0]) ** 2), np.log(s.snr(ddim[:, 0])),
+                                   atol=1e-4)
+        assert flow[-1, 1] == 0.0
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear"])
@@ -84,14 +131,23 @@ def test_trajectory_and_ddpm_sampler():
         make_sampler(s, "lms")
     with pytest.raises(ValueError, match="eta"):
         make_sampler(s, "ddim", 10, eta=2.0)
+    with pytest.raises(ValueError, match="does not sample a flow run"):
+        make_sampler(s, "ddim", 10, objective="flow")
+    with pytest.raises(ValueError, match="does not sample a ddpm run"):
+        make_sampler(s, "heun", 10, objective="ddpm")
 
 
 def test_guidance_uses_both_branches():
-    model = create_unet(TINY.replace(num_classes=10))
+    """Classifier-free guidance: out_uncond + w (out_cond - out_uncond), with label `num_classes` as "none"."""
     from helpers.sampling import model_output
-    x = jnp.ones((2, 32, 32, 1))
-    out = model_output(model, x, 5, jnp.array([1, 2]), 3.0)
-    assert out.shape == x.shape
+
+    model = _randomised(create_unet(TINY.replace(num_classes=10)), 1)
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 1))
+    labels, tt = jnp.array([1, 2]), jnp.full((2,), 5)
+    cond, uncond = model(x, tt, labels), model(x, tt, jnp.full((2,), 10))
+    np.testing.assert_allclose(model_output(model, x, 5, labels, 3.0), uncond + 3.0 * (cond - uncond),
+                               rtol=1e-4, atol=1e-5)
+    assert not np.allclose(cond, uncond, atol=1e-4)  # the label matters, so both branches are seen
 
 
 def test_a_run_samples_a_conditional_model_with_labels_in_turn_and_guidance():
@@ -217,6 +273,30 @@ def test_dpm_solver_first_order_steps_are_ddim():
     np.testing.assert_allclose(make_sampler(s, "dpmpp_2m", 10).step(x_t, x0, eps, 0, -1, z), x0, atol=1e-6)
 
 
+def test_samplers_start_at_the_noise_level_of_their_first_step():
+    """x_T ~ N(0, I) is scaled to the noise of the first step: sigma = sqrt(1 - ab) there (DDPM: 1 at
+    t = T - 1), or the flow time t, where x_t = (1 - t) x0 + t eps. A flow model of zero velocity keeps it."""
+    from helpers.sampling import starting_noise_level
+
+    s = NoiseSchedule.cosine(1000)
+    first = int(time_grid(s, 10)[0])
+    assert starting_noise_level(make_sampler(s, "ddim", 10), first) == pytest.approx(
+        float(jnp.sqrt(1 - s.alpha_bar_at(first))))
+    assert starting_noise_level(make_sampler(s, "ddpm"), 999) == pytest.approx(1.0, abs=1e-6)
+
+    class Still(nnx.Module):
+        cfg = UNetConfig(image_size=8)
+
+        def __call__(self, x, t, labels=None):
+            return jnp.zeros_like(x)
+
+    x_T = 0.3 * jax.random.normal(jax.random.key(5), (2, 8, 8, 1))
+    out = sample(Still(), s, jax.random.key(0), 2, sampler="euler", steps=3, x_T=x_T)
+    t_first = float(make_sampler(s, "euler", 3).pairs()[0, 0])
+    assert 0.99 < t_first < 0.995
+    np.testing.assert_allclose(out, t_first * x_T, rtol=1e-6)
+
+
 def test_guidance_interval_runs_the_guide_only_inside_it():
     from helpers.sampling import network_evaluations
 
@@ -229,20 +309,9 @@ def test_guidance_interval_runs_the_guide_only_inside_it():
     all_of_it = sample(good, s, key, 2, steps=5, eta=1.0, autoguidance=Autoguidance(weak, 3.0, (0, 49)))
     np.testing.assert_allclose(nowhere, plain, atol=1e-5)
     np.testing.assert_allclose(all_of_it, everywhere, atol=1e-5)
-    smp = make_sampler(s, "ddim", 5)  # t = 49, 37, 24, 12, 0
+    smp = make_sampler(s, "ddim", 5)
+    t = smp.pairs()[:, 0]
     assert network_evaluations(smp) == 5 and network_evaluations(smp, guided=True) == 10
-    assert network_evaluations(smp, (10, 30), guided=True) == 7
+    assert network_evaluations(smp, (10, 30), guided=True) == 5 + np.sum((t >= 10) & (t <= 30))
 
 
-def test_lambda_pairs_are_evenly_spaced_in_log_snr_and_strictly_decreasing():
-    from helpers.sampling import lambda_pairs
-
-    s = NoiseSchedule.cosine(1000)
-    for steps in (5, 10, 50, 1000):
-        p = lambda_pairs(s, steps)
-        assert p.shape == (steps, 2) and p[0, 0] == 999 and p[-1, 0] == 0 and p[-1, 1] == -1
-        assert np.all(np.diff(p[:, 0]) < 0)
-        np.testing.assert_array_equal(p[1:, 0], p[:-1, 1])
-    lam = 0.5 * np.log(np.asarray(s.snr(lambda_pairs(s, 50)[:, 0])))
-    gaps = np.diff(lam)[-25:-6]  # past the clipped last betas, where timesteps run out, and before t ~ 0,
-    np.testing.assert_allclose(gaps, np.median(gaps), rtol=0.1)  # where rounding to integers shows

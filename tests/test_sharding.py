@@ -1,10 +1,14 @@
 """Data parallelism: the batch split over 2 devices of one process, and over 2 processes joined by JAX's
-multi-controller runtime (gloo between CPU processes), trains the same parameters as 1 device."""
+multi-controller runtime (gloo between CPU processes), trains the same parameters as 1 device; and when a
+process fails (killed, a refused folder, no data), every process stops with one clear line."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -61,9 +65,9 @@ def _env(tfds_dir, devices: int = 1) -> dict:
     return env
 
 
-def _train(out, tfds_dir, archives, *extra, devices: int = 1, processes: int = 1, wrong_slice: bool = False):
+def _train(out, tfds_dir, archives, *extra, devices: int = 1, processes: int = 1, wrong_order: bool = False):
     """scripts/train.py at tiny for 8 steps in `processes` processes of `devices` CPU devices each."""
-    base = [sys.executable, str(DRIVER), *(["--wrong-slice"] if wrong_slice else []), *TINY, "--out", str(out),
+    base = [sys.executable, str(DRIVER), *(["--wrong-order"] if wrong_order else []), *TINY, "--out", str(out),
             "--manual-dir", str(archives), *extra]
     if processes == 1:
         r = subprocess.run(base, env=_env(tfds_dir, devices), capture_output=True, text=True, timeout=600)
@@ -128,10 +132,10 @@ def test_two_processes_train_what_one_device_and_two_devices_train(one_device, t
     _assert_same_params(resumed, one_device)
 
 
-def test_a_process_feeding_the_wrong_slice_is_caught(one_device, tmp_path, tfds_dir, mnist_archives):
-    """The comparison above fails when each process feeds process 0's rows instead of its own."""
-    wrong = tmp_path / "wrong-slice"
-    _train(wrong, tfds_dir, mnist_archives, processes=2, wrong_slice=True)
+def test_processes_shuffling_differently_are_caught(one_device, tmp_path, tfds_dir, mnist_archives):
+    """The comparison above fails when each process shuffles the training set with a key of its own."""
+    wrong = tmp_path / "wrong-order"
+    _train(wrong, tfds_dir, mnist_archives, processes=2, wrong_order=True)
     with pytest.raises(AssertionError):
         _assert_same_params(wrong, one_device)
 
@@ -158,3 +162,102 @@ def test_process_flags_are_checked(flags, message, capsys):
         train.main(["--preset", "tiny", *flags])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def _start(out, tfds_dir, archives, *extra, own_flags=None):
+    """Two processes of scripts/train.py at tiny (each its supervisor and worker), started and not waited
+    for; `own_flags` = {process id: flags that process alone gets}."""
+    port = free_port()
+    return [subprocess.Popen([sys.executable, str(DRIVER), *TINY, "--out", str(out), "--manual-dir", str(archives),
+                              *extra, *(own_flags or {}).get(i, []), "--coordinator", f"127.0.0.1:{port}",
+                              "--num-processes", "2", "--process-id", str(i)],
+                             env=_env(tfds_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def _one_clear_line(stderr: str) -> str:
+    """The one line a process printed on stderr, with no stack trace of Python or of JAX's C++ runtime."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
+def test_only_process_0_prints(tmp_path, tfds_dir, mnist_archives):
+    procs = _start(tmp_path / "run", tfds_dir, mnist_archives)
+    (out0, err0), (out1, err1) = (p.communicate(timeout=600) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], err0[-2000:] + err1[-2000:]
+    assert "done: 8 steps" in out0 and "[Gloo]" not in out0 + err0  # the C++ runtime's lines go to a log
+    assert out1 == "" and err1 == ""
+
+
+def test_a_killed_process_stops_the_other_with_one_line_and_the_run_resumes(tmp_path, tfds_dir, mnist_archives):
+    flags = ["--max-steps", "40", "--checkpoint-every", "8"]
+    reference = tmp_path / "uninterrupted"
+    _train(reference, tfds_dir, mnist_archives, *flags)
+    killed = tmp_path / "killed"
+    procs = _start(killed, tfds_dir, mnist_archives, *flags)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "16").exists():
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)  # process 1, mid-run, with no chance to clean up
+    t0 = time.time()
+    _, stderr = procs[0].communicate(timeout=300)
+    assert procs[0].returncode == 4 and time.time() - t0 < 150, stderr[-3000:]
+    line = _one_clear_line(stderr)
+    assert "process 0 stopped: it lost contact with process 1" in line and f"--out {killed} --resume" in line
+    saved = int(re.search(r"newest checkpoint is step (\d+)", line).group(1))
+    assert saved >= 16 and (killed / "checkpoints" / str(saved)).is_dir()
+    procs[1].wait(timeout=60)
+    r = subprocess.run([sys.executable, str(DRIVER), "--resume", "--out", str(killed), "--no-progress",
+                        "--manual-dir", str(mnist_archives)], env=_env(tfds_dir), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and f"at step {saved}" in r.stdout, r.stderr[-3000:]
+    _assert_same_params(killed, reference)
+
+
+def test_a_refused_run_folder_stops_every_process_with_one_line(tmp_path, tfds_dir, mnist_archives):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    procs = _start(out, tfds_dir, mnist_archives)
+    (_, err0), (_, err1) = (p.communicate(timeout=600) for p in procs)
+    assert [p.returncode for p in procs] == [2, 2]
+    assert "already exists" in _one_clear_line(err0)
+    assert "process 0 of 2 could not go on" in _one_clear_line(err1) and "already exists" in err1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_process_without_the_data_stops_every_process(tmp_path, tfds_dir, mnist_archives):
+    """Process 1's machine has neither the prepared dataset nor the archives: it says what to do, and
+    process 0 says which process could not go on; no run folder is left behind."""
+    out = tmp_path / "run"
+    empty = ["--data-dir", str(tmp_path / "empty"), "--manual-dir", str(tmp_path / "no-archives")]
+    procs = _start(out, tfds_dir, mnist_archives, own_flags={1: empty})
+    (_, err0), (_, err1) = (p.communicate(timeout=600) for p in procs)
+    assert [p.returncode for p in procs] == [2, 2]
+    assert "process 1 of 2 could not go on" in _one_clear_line(err0) and "no-archives" in err0
+    assert err1.startswith("error: --manual-dir") and "train-images-idx3-ubyte.gz" in err1 and "Traceback" not in err1
+    assert not out.exists()
+
+
+def test_slurm_tasks_drive_their_share_of_the_node_s_gpus(monkeypatch):
+    """One task per GPU: JAX's own choice (the GPU of SLURM_LOCALID). Fewer tasks than GPUs: each task gets
+    its share, which scripts/train.py passes to jax.distributed.initialize."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import _processes
+
+    job = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4"}
+    assert _processes.slurm_local_device_ids({**job, "SLURM_NTASKS_PER_NODE": "1", "SLURM_LOCALID": "0"}) == [0, 1, 2, 3]
+    per_gpu = {**job, "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4", "SLURM_LOCALID": "3"}
+    assert _processes.slurm_local_device_ids(per_gpu) is None
+    two_per_node = {**job, "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}  # 4 tasks on 2 nodes: 2 GPUs each
+    assert _processes.slurm_local_device_ids(two_per_node) == [2, 3]
+    assert _processes.slurm_local_device_ids({"SLURM_NTASKS": "2", "SLURM_GPUS_ON_NODE": "4"}) is None  # not SLURM
+
+    seen = {}
+    monkeypatch.setattr("jax.distributed.initialize", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # this test process stays as it is
+    for name, value in {**job, "SLURM_NTASKS_PER_NODE": "1", "SLURM_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    _processes.join_processes(timeout_s=5)
+    assert seen["local_device_ids"] == [0, 1, 2, 3] and seen["heartbeat_timeout_seconds"] == _processes.HEARTBEAT_TIMEOUT_S

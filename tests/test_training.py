@@ -39,8 +39,9 @@ def test_the_cpu_plan_is_fixed_and_does_not_time_the_machine(monkeypatch):
 
     monkeypatch.setattr(helpers.runs, "seconds_per_step", lambda *a, **k: pytest.fail("the cpu plan timed a step"))
     cfg = get_config("cpu")
-    plan = helpers.runs.plan_run(cfg, types.SimpleNamespace(num_examples=60_000))
-    assert plan.total_steps == cfg.max_steps == 9000 and plan.describe() == make_plan(cfg, 60_000).describe()
+    assert helpers.runs.budget_steps(cfg, types.SimpleNamespace(num_examples=60_000)) is None
+    plan = make_plan(cfg, 60_000)
+    assert plan.total_steps == cfg.max_steps == 9000
     assert plan.guide_step == 1350 and plan.checkpoint_steps[:2] == (500, 1000) and plan.checkpoint_steps[-1] == 9000
     assert all(e % cfg.log_every == 0 for e in plan.chunk_ends)
     steps = np.arange(plan.total_steps + 1)
@@ -55,9 +56,12 @@ def test_a_time_budget_times_one_step_and_plans_once(monkeypatch):
     import helpers.runs
 
     calls = []
+    from helpers.training import make_plan
+
     monkeypatch.setattr(helpers.runs, "seconds_per_step", lambda cfg, feed: calls.append(1) or 0.12)
     cfg = get_config("cpu", minutes=10)
-    plan = helpers.runs.plan_run(cfg, types.SimpleNamespace(num_examples=60_000), log=lambda *a: None)
+    steps = helpers.runs.budget_steps(cfg, types.SimpleNamespace(num_examples=60_000), log=lambda *a: None)
+    plan = make_plan(cfg, 60_000, steps)
     assert calls == [1] and plan.total_steps == 5000  # 600 s / 0.12 s, whole chunks of 50
     assert plan.guide_step == 750
 
@@ -304,11 +308,11 @@ def test_checkpoints_at_multiples_of_keep_every_outlive_the_last_few(tmp_path):
 
 
 def test_every_run_learning_rate_is_one_warmup_and_cosine():
-    """The history's learning rate is the plan's one schedule at every step: no re-plan, no kink."""
-    from helpers.training import make_lr_schedule
-
+    """The history's learning rate at step s, written out: s / 4 of the peak during the 4 warm-up steps, then
+    a half cosine from the peak down to 1% of it at step 24 (no re-plan between chunks, no kink)."""
     imgs = np.random.default_rng(0).integers(0, 255, (64, 28, 28, 1)).astype(np.uint8)
     cfg, plan, _, hist = _fit(imgs, max_steps=24, log_every=4, warmup_steps=4, train_limit=None)
-    want = make_lr_schedule(cfg.learning_rate, cfg.warmup_steps, 24, cfg.end_lr_fraction)(np.arange(24))
-    np.testing.assert_allclose(hist["lr"], want, rtol=1e-6)
+    peak, end, s = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_fraction, np.arange(24)
+    want = np.where(s < 4, peak * s / 4, end + (peak - end) * 0.5 * (1 + np.cos(np.pi * (s - 4) / 20)))
+    np.testing.assert_allclose(hist["lr"], want, rtol=1e-5)
     assert plan.chunk_ends == (4, 8, 12, 16, 20, 24)

@@ -3,6 +3,7 @@ go, and the tutorial's trained run.
 
 - `TUTORIAL_PRESET=tiny` switches every notebook to tiny settings (seconds, for CI); unset, the
   notebooks use the preset chosen from the JAX backend (`cpu` without an accelerator, else `paper`).
+  `MNIST_DIFFUSION_QUICK=1` runs any preset as a quick check of its code (`quick()`).
 - `show(fig, name)` displays a figure inline in Jupyter; run as a plain script (`python
   notebooks/04_train_ddpm.py`) it saves the figure under `notebooks/figures/<notebook>/` instead.
 - `trained_run()` is the run notebook 04 trains (`runs/tutorial-<preset>/`); later notebooks load
@@ -32,6 +33,14 @@ def tutorial_preset() -> str:
     if name not in PRESETS:
         raise ValueError(f"TUTORIAL_PRESET={name!r} is not a preset: choose one of {', '.join(PRESETS)}.")
     return name
+
+
+def quick() -> bool:
+    """Whether this notebook runs as a check of its code rather than for its figures: at `TUTORIAL_PRESET=tiny`,
+    or with `MNIST_DIFFUSION_QUICK=1` at any preset (helpers.config.QUICK_VARIABLE); then it draws fewer images."""
+    from helpers.config import quick as quick_check
+
+    return tutorial_preset() == "tiny" or quick_check()
 
 
 def runs_dir() -> Path:

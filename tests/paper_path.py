@@ -1,0 +1,16 @@
+"""What the two `paper` path tests share: the environment of a quick check at `paper` on the CPU.
+
+MNIST_DIFFUSION_QUICK=1 (helpers.config.QUICK_VARIABLE) keeps every setting of the preset but its budget:
+a few steps, a few images, the UNet narrowed to 8 channels at its first level (the same levels, blocks
+and attention). So every path a learner with a GPU takes runs here in minutes, with the same code."""
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper_env(tmp_path: Path, **extra) -> dict:
+    """The test session's environment with the quick `paper` preset and runs under `tmp_path`."""
+    return {**os.environ, "MNIST_DIFFUSION_QUICK": "1", "TUTORIAL_PRESET": "paper", "JAX_PLATFORMS": "cpu",
+            "TUTORIAL_RUNS_DIR": str(tmp_path / "runs"), "MPLBACKEND": "Agg", "DISPLAY": "", **extra}
