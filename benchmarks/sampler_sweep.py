@@ -148,8 +148,6 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.n < 2 or args.seeds < 1:
         p.error("--n must be at least 2 (FD needs a covariance) and --seeds at least 1")
-    if args.autoguidance_scale is not None and args.autoguidance_scale < 1:
-        p.error("--autoguidance-scale must be at least 1 (1 turns autoguidance off)")
     grid = [(*s, None) for s in GRID if args.only is None or any(text in setting_name(*s) for text in args.only)]
     if args.settings:
         try:
@@ -177,6 +175,11 @@ def load_for_sweep(p, args, grid):
     if any(s[3] in ("interval", "high", "upper") for s in grid) and cfg.num_timesteps != 1000:
         p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
                 f"{cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
+    try:  # every scale asked for, by the config's own rule
+        for scale in {s[4] for s in grid} | {args.autoguidance_scale}:
+            cfg.replace(autoguidance_scale=cfg.autoguidance_scale if scale is None else scale).validate()
+    except ValueError as err:
+        p.error(str(err))
     if (state.guide is None or state.guide.step < 0) and any(s[3] != "off" for s in grid):
         p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
                 f"taken): choose the 'off' settings (--only off)")

@@ -18,8 +18,9 @@ from helpers.unet import UNetConfig
 OBJECTIVES = ("ddpm", "flow")
 #: `MNIST_DIFFUSION_QUICK=1` turns every run into a check that a preset's code paths work, in minutes on a
 #: CPU: the preset's own settings with its UNet narrowed to 8 channels at the first level (the same levels,
-#: blocks, attention and activation), batches and sample draws of at most 16 images, and at most QUICK_STEPS
-#: training steps (helpers.training.make_plan). Its figures mean nothing.
+#: blocks, attention and activation), batches and the run's own sample draw of at most 16 images, and at
+#: most QUICK_STEPS training steps (helpers.training.make_plan). Its figures mean nothing. It narrows the
+#: configs `get_config` makes; a run resumed from its config.json keeps the widths it was made with.
 QUICK_VARIABLE, QUICK_STEPS = "MNIST_DIFFUSION_QUICK", 4
 #: What `objective="flow"` implies unless given: the network predicts the velocity, every t weighs alike,
 #: and an ODE solver samples (helpers.sampling).
@@ -166,7 +167,7 @@ PRESETS: dict[str, Config] = {
     ),
     # Two CPU cores, about 20 minutes: a narrow UNet on 2x2 patches, batch 64, v-prediction with min-SNR,
     # a short EMA; DPM-Solver++(2M) SDE with 50 steps and autoguidance (100 network evaluations per sample).
-    # 9,000 steps: what the main job trained in 19.6 minutes on 2-core AMD EPYCs (Results page).
+    # 9,000 steps: about 20 minutes on two cores (Results page), a fixed plan so that runs reproduce.
     "cpu": Config(
         preset="cpu",
         model=UNetConfig(hidden_dims=(16, 32, 64), num_res_blocks=1, attention_resolutions=(4,),

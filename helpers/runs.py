@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from helpers.checkpoints import CheckpointError, CheckpointManager, read_config
-from helpers.config import Config, quick
+from helpers.config import QUICK_STEPS, QUICK_VARIABLE, Config, quick
 from helpers.data import load_split
 from helpers.distributed import data_mesh, every_process_or_none, is_main_process, local_copy
 from helpers.environment import cpu_times, machine_description, steal_share
@@ -63,7 +63,7 @@ def train_run(cfg: Config | None, out, *, data_dir=None, manual_dir=None, resume
     except KeyboardInterrupt:
         done = history.record["step"][-1] + 1 if len(history.record["step"]) else start
         log(f"\ninterrupted after step {done}: the checkpoints in {out / 'checkpoints'} are kept (the newest: "
-            f"step {max(ckpt.steps(), default=0)}); continue with --resume")
+            f"{'step %d' % max(ckpt.steps()) if ckpt.steps() else 'none yet'}); continue with --resume")
         raise
     finally:
         ckpt.wait()  # a background save completes, however the run ends
@@ -84,7 +84,9 @@ def prepare_run(cfg: Config | None, out: Path, resume: bool, data_dir=None, manu
     try:
         with every_process_or_none():
             cfg = read_config(out) if resume else cfg.validate()
-            make_sampler(noise_schedule(cfg), cfg.sampler, cfg.sample_steps, cfg.eta, cfg.objective)  # not after training
+            if resume and quick() and (saved_total_steps(out) or 0) > QUICK_STEPS:
+                raise ValueError(f"{out} was not made as a quick check: resume it without {QUICK_VARIABLE}=1.")
+            sampler_of(cfg)  # a bad sampler setting fails now, not after training
             mesh = data_mesh(devices)
             if cfg.batch_size % mesh.devices.size:
                 raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.devices.size} devices "
@@ -202,6 +204,11 @@ def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
     return cfg, state
 
 
+def sampler_of(cfg: Config):
+    """The sampler a run's settings name (checked by helpers.sampling.make_sampler)."""
+    return make_sampler(noise_schedule(cfg), cfg.sampler, cfg.sample_steps, cfg.eta, cfg.objective)
+
+
 def finish_run(cfg: Config, state: TrainState, record: dict, out: Path, trained: dict, *, evaluate: bool,
                data_dir=None, manual_dir=None, log=print) -> dict:
     """Process 0, after training: training_curve.png, the samples (samples.npy, samples.png) and their
@@ -213,8 +220,7 @@ def finish_run(cfg: Config, state: TrainState, record: dict, out: Path, trained:
     x = np.asarray(draw_samples(cfg, state, jax.random.key(cfg.seed + 1), cfg.num_samples, autoguidance=guidance))
     sample_seconds = time.perf_counter() - t0
     np.save(out / "samples.npy", x)
-    steps = cfg.num_timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
-    title = f"{cfg.sampler} with {steps} steps (EMA weights), step {state.step}"
+    title = f"{cfg.sampler} with {sampler_of(cfg).steps} steps (EMA weights), step {state.step}"
     title += f", autoguidance w = {guidance.scale:g}" if guidance else ""
     shown, ncols = x, None
     if cfg.model.num_classes:  # labels 0, 1, ..., 9 in turn: one column per class, ten rows

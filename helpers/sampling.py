@@ -35,13 +35,19 @@ SAMPLERS = DDPM_SAMPLERS + FLOW_SAMPLERS
 START_LAMBDA = -4.8
 
 
+def max_sample_steps(schedule: NoiseSchedule) -> int:
+    """How many steps a sampler can take: one per timestep from the first (see `time_grid`) to t = 0."""
+    return _first_timestep(_lambdas(schedule)) + 1
+
+
 def time_grid(schedule: NoiseSchedule, steps: int) -> np.ndarray:
-    """The `steps` timesteps a sampler evaluates the network at, noisiest first: the nearest to the first
-    `steps` of steps + 1 values of lambda evenly spaced from START_LAMBDA (or the schedule's noisiest
-    timestep, when that is less noisy) to lambda_0. The last value is the final step's target, the clean
-    image, so the last evaluation lands where it still acts (the "trailing" spacing of Lin et al. 2024)."""
-    lam = 0.5 * np.log(np.asarray(schedule.snr(), np.float64))  # falls with t
-    first = int(np.argmin(np.abs(lam - max(START_LAMBDA, lam[-1]))))
+    """The `steps` timesteps a sampler evaluates the network at, noisiest first. The first is the least noisy
+    timestep at or past START_LAMBDA (the schedule's last, when none is that noisy); the others are the
+    timesteps nearest to lambda values evenly spaced from there as if to lambda_0, `steps` intervals, the last
+    of which the final step replaces by the jump to the clean image: so the last evaluation lands where it
+    still acts (the "trailing" spacing of Lin et al. 2024)."""
+    lam = _lambdas(schedule)
+    first = _first_timestep(lam)
     if not 1 <= steps <= first + 1:
         raise ValueError(f"sample steps must be in 1..{first + 1} (the timesteps from lambda = {START_LAMBDA:g} "
                          f"to the clean image), got {steps}.")
@@ -49,6 +55,15 @@ def time_grid(schedule: NoiseSchedule, steps: int) -> np.ndarray:
     for i, target in enumerate(np.linspace(lam[first], lam[0], steps + 1)[1:-1], start=1):
         t.append(int(np.clip(np.argmin(np.abs(lam - target)), steps - 1 - i, t[-1] - 1)))  # each below the last
     return np.array(t, np.int32)
+
+
+def _lambdas(schedule: NoiseSchedule) -> np.ndarray:
+    return 0.5 * np.log(np.asarray(schedule.snr(), np.float64))  # lambda_t, falling with t
+
+
+def _first_timestep(lam: np.ndarray) -> int:
+    past = np.flatnonzero(lam <= START_LAMBDA)
+    return int(past[0]) if past.size else len(lam) - 1
 
 
 def step_pairs(timesteps, last=-1) -> np.ndarray:

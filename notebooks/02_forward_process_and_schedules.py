@@ -54,9 +54,11 @@ for s in (linear, cosine):
 
 # %% [markdown]
 # (The code numbers timesteps 0 to $T-1$: the paper's $t = 1, \dots, T$ is our $t = 0, \dots, T-1$.)
-# Both end with almost no signal left ($\bar\alpha_{T-1} \approx 0$): the last $x_t$ is pure noise,
-# which is where sampling will start. The cosine schedule's betas are clipped at 0.999 ([Nichol & Dhariwal
-# 2021](https://arxiv.org/abs/2102.09672)), which is why its last $\bar\alpha$ is tiny but not zero.
+# Both end with almost no signal left ($\bar\alpha_{T-1} \approx 0$): the last $x_t$ is pure noise.
+# The cosine schedule's betas are clipped at 0.999 ([Nichol & Dhariwal
+# 2021](https://arxiv.org/abs/2102.09672)), which is why its last $\bar\alpha$ is tiny but not zero; its
+# last few timesteps are far noisier than the ones before, so sampling will start a little earlier, where
+# the signal is just under 1% of the noise (notebook 06).
 #
 # ## 2. Two schedules side by side
 #

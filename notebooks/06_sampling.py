@@ -43,13 +43,14 @@ from helpers.metrics import get_evaluator
 from helpers.plotting import plot_trajectory, save_trajectory_gif
 from helpers import data
 from helpers.losses import to_x0_and_eps
-from helpers.sampling import DDIMSampler, make_sampler, sample
+from helpers.sampling import DDIMSampler, make_sampler, max_sample_steps, sample
 from helpers.training import noise_schedule
 
 PRESET = tutorial.setup("06_sampling")
 cfg, run_state, summary = tutorial.trained_run(PRESET)
 T = cfg.num_timesteps
 ema_model, raw_model, schedule = run_state.ema.model, run_state.model, noise_schedule(cfg)
+MAX_STEPS = max_sample_steps(schedule)  # a sampler's most steps: one per timestep from lambda = -4.8 to t = 0
 print(f"model from {tutorial.tutorial_run_dir(PRESET)}: step {summary['steps']}, T = {T}, "
       f"prediction {cfg.prediction!r}")
 
@@ -140,7 +141,7 @@ print(inspect.getsource(DDIMSampler.sigma))
 print(inspect.getsource(DDIMSampler.step))
 
 # %% [markdown]
-# One step by hand, from pure noise at $t = T-1$ to the next timestep of DDIM-10 (the sampler clips
+# One step by hand, from pure noise at the grid's first timestep to the next one of DDIM-10 (the sampler clips
 # $\hat x_0$ to the image range [-1, 1] first):
 
 # %%
@@ -158,8 +159,8 @@ fig = tutorial.plot_image_rows({f"x_t at t = {t} (pure noise)": x_t, f"x0_hat, e
 tutorial.show(fig, "one_ddim_step")
 
 # %% [markdown]
-# From pure noise the first $\hat x_0$ is a blurry average of digits: at $t = T-1$ the network can
-# only guess. The new $x_{t_{prev}}$ still looks like pure noise: at its signal level (the printed
+# From pure noise the first $\hat x_0$ is a blurry average of digits: at a signal of under 1% the network
+# can only guess. The new $x_{t_{prev}}$ still looks like pure noise: at its signal level (the printed
 # $\sqrt{\bar\alpha}$) the trace of that guess is too faint to see. The remaining steps sharpen it. The whole loop is one `lax.scan` under `jit`: one compilation, no
 # Python between steps.
 #
@@ -170,7 +171,7 @@ tutorial.show(fig, "one_ddim_step")
 # %%
 n = 8 if tutorial.quick() else 40
 key = jax.random.key(5)
-settings = [("ddim", s) for s in (10, 20, 50, 100, 200) if s <= T] + [("ddpm", T)]
+settings = [("ddim", s) for s in (10, 20, 50, 100, 200) if s <= MAX_STEPS] + [("ddpm", T)]
 results, timings = {}, []
 for sampler, steps in settings:
     sample(ema_model, schedule, key, n, sampler=sampler, steps=steps, prediction=cfg.prediction)  # compile
@@ -204,7 +205,7 @@ tutorial.show(fig, "steps_vs_quality")
 
 # %%
 etas = (0.0, 0.25, 0.5, 0.75, 1.0)
-steps = min(50, T)
+steps = min(50, MAX_STEPS)
 fig = tutorial.plot_image_rows({f"DDIM-{steps}, eta = {eta}": sample(ema_model, schedule, key, ncols, sampler="ddim", steps=steps,
                                                              eta=eta, prediction=cfg.prediction) for eta in etas})
 tutorial.show(fig, "eta_sweep")
@@ -226,7 +227,7 @@ tutorial.show(fig, "eta_sweep")
 # %%
 evaluator = get_evaluator(quick=tutorial.quick())
 n_score = 32 if tutorial.quick() else 300
-score_steps = [s for s in ((10, 25) if tutorial.quick() else (25, 50, 100)) if s <= T]  # quick: a code check
+score_steps = [s for s in ((10, 25) if tutorial.quick() else (25, 50, 100)) if s <= MAX_STEPS]  # quick: a code check
 scores = {}
 print(f"{n_score} samples per setting, the same noise for all")
 print(f"{'sampler':9s} {'eta':>4s} {'seconds':>8s} {'FD':>7s} {'conf > 0.9':>10s}")
@@ -312,7 +313,7 @@ tutorial.show(fig, "ema_vs_raw")
 # model's current guess of the clean image $\hat x_0$ (bottom rows).
 
 # %%
-steps_traj = min(100, T)
+steps_traj = min(100, MAX_STEPS)
 x, (xs, x0s, pairs) = sample(ema_model, schedule, jax.random.key(7), 4, steps=steps_traj,
                              prediction=cfg.prediction, return_trajectory=True)
 fig = plot_trajectory(xs, pairs, num_frames=10, title=f"x_t along DDIM-{steps_traj}")

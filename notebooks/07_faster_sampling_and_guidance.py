@@ -33,13 +33,14 @@ import numpy as np
 import helpers  # noqa: F401
 import tutorial  # notebooks/tutorial/: what the notebooks share
 from helpers.metrics import get_evaluator
-from helpers.sampling import Autoguidance, DPMSolverPP, make_sampler, network_evaluations, sample
+from helpers.sampling import Autoguidance, DPMSolverPP, make_sampler, max_sample_steps, network_evaluations, sample
 from helpers.training import noise_schedule
 
 PRESET = tutorial.setup("07_faster_sampling_and_guidance")
 cfg, run_state, summary = tutorial.trained_run(PRESET)
 T = cfg.num_timesteps
 ema_model, schedule = run_state.ema.model, noise_schedule(cfg)
+MAX_STEPS = max_sample_steps(schedule)  # a sampler's most steps (notebook 06)
 evaluator = get_evaluator(quick=tutorial.quick())
 n_score = 32 if tutorial.quick() else 300
 ncols = 10
@@ -80,7 +81,7 @@ def guided(w: float, interval=None):
 
 
 # every row: DDIM-50 with eta = 1 (notebook 06), the same noise
-steps, eta, key = min(50, T), 1.0, jax.random.key(5)
+steps, eta, key = min(50, MAX_STEPS), 1.0, jax.random.key(5)
 ws = sorted({1.0, 1.5, cfg.autoguidance_scale, 3.0})
 rows = {} if guide is None else {"the guide alone": sample(guide, schedule, key, ncols, steps=steps, eta=eta,
                                                             prediction=cfg.prediction)}
@@ -192,7 +193,7 @@ interval = (int(inside[0]), int(inside[-1]))
 print(f"0.28 < sigma <= 2.9 is {interval[0]} <= t <= {interval[1]} of our T = {T} steps")
 print(f"{'setting':34s} {'guided everywhere':>17s} {'in the interval':>15s} {'unguided':>8s}")
 for name, steps_e in (("ddim", 100), ("ddim", 50), ("dpmpp_2m_sde", 25), ("dpmpp_2m_sde", 10)):
-    smp = make_sampler(schedule, name, min(steps_e, T), 1.0)
+    smp = make_sampler(schedule, name, min(steps_e, MAX_STEPS), 1.0)
     print(f"{name + '-' + str(smp.steps):34s} {network_evaluations(smp, guided=True):17d} "
           f"{network_evaluations(smp, interval, guided=True):15d} {network_evaluations(smp):8d}")
 
@@ -215,14 +216,14 @@ SWEEP = [  # (sampler, eta, steps, guidance)
 ]
 if tutorial.quick():  # a check of the code: each setting compiles once, so only a few of them
     SWEEP = SWEEP[:2]
-PRESET_SETTING = (cfg.sampler, cfg.eta if cfg.sampler == "ddim" else 0.0, min(cfg.sample_steps, T), "all")
+PRESET_SETTING = (cfg.sampler, cfg.eta if cfg.sampler == "ddim" else 0.0, min(cfg.sample_steps, MAX_STEPS), "all")
 if PRESET_SETTING not in SWEEP:  # e.g. the tiny preset's sampler
     SWEEP.append(PRESET_SETTING)
 sweep_rows = []
 print(f"{N_SWEEP} samples per setting, autoguidance w = {w:g}")
 print(f"{'setting':32s} {'seed':>4s} {'NFE':>4s} {'seconds':>8s} {'FD':>7s} {'confident':>9s}  classes")
 for sampler_name, eta_s, steps_s, guidance in SWEEP:
-    steps_s = min(steps_s, T)
+    steps_s = min(steps_s, MAX_STEPS)
     ivl = interval if guidance == "interval" else None
     is_preset = (sampler_name, eta_s, steps_s, guidance) == PRESET_SETTING
     for seed in ((0, 1, 2) if is_preset else (0,)):

@@ -22,7 +22,7 @@
 #   $t \in [0, 1]$ ($t = 0$ is the data, $t = 1$ pure noise), and the network learns its **velocity**
 #   $\mathrm{d}x_t/\mathrm{d}t = \varepsilon - x_0$;
 # - **sampling** solves the ordinary differential equation $\mathrm{d}x/\mathrm{d}t = v_\theta(x, t)$
-#   from $t = 1$ to $t = 0$, with Euler's method or Heun's
+#   from noise (near $t = 1$) to $t = 0$, with Euler's method or Heun's
 #   ([Karras et al. 2022](https://arxiv.org/abs/2206.00364), algorithm 1).
 #
 # We train it at the same budget as notebook 04's DDPM run (the same steps of the same batch on the
@@ -47,7 +47,7 @@ from helpers.losses import flow_matching_pair, flow_times
 from helpers.metrics import get_evaluator
 from helpers.plotting import image_grid, plot_samples, plot_training_curve
 from helpers.runs import autoguidance_of, draw_samples
-from helpers.sampling import flow_step, make_sampler, network_evaluations
+from helpers.sampling import FLOW_SAMPLERS, flow_step, make_sampler, network_evaluations
 from helpers.training import noise_schedule, train_step
 
 PRESET = tutorial.setup("08_flow_matching")
@@ -133,13 +133,13 @@ tutorial.show(fig, "flow_times")
 #
 # ## 3. Training at notebook 04's budget
 #
-# The run uses the preset of notebook 04 with four fields changed: the objective, uniform weights
-# (no min-SNR), and Heun's sampler with 25 steps for the samples drawn at the end (`FLOW` also sets
-# `prediction="v"`, which the `cpu` preset already has: a flow-matching run requires it). Like notebook 04's
-# run it is saved under `runs/` and reused when it is there.
+# The run uses the preset of notebook 04 with the objective changed and 25 sampling steps. The objective
+# brings its own settings (`helpers.config.FLOW_SETTINGS`, used for every field not given): the velocity
+# target `prediction="v"`, uniform weights (no min-SNR), and Heun's sampler for the samples drawn at the
+# end. Like notebook 04's run it is saved under `runs/` and reused when it is there.
 
 # %%
-FLOW = dict(objective="flow", prediction="v", loss_weighting="uniform", sampler="heun", sample_steps=25)
+FLOW = dict(objective="flow", sample_steps=25)  # with FLOW_SETTINGS: v, uniform weights, Heun
 flow_cfg, flow_state, flow_summary = tutorial.ensure_run(tutorial.runs_dir() / f"tutorial-flow-{PRESET}",
                                                          get_config(PRESET, **FLOW))
 ddpm_cfg, ddpm_state, ddpm_summary = tutorial.trained_run(PRESET)
@@ -161,7 +161,7 @@ tutorial.show(fig, "training_curve")
 guidance = autoguidance_of(flow_cfg, flow_state)
 x = draw_samples(flow_cfg, flow_state, jax.random.key(flow_cfg.seed + 1), 100, autoguidance=guidance)
 steps = flow_cfg.sample_steps
-nfe = network_evaluations(make_sampler(None, "heun", steps), guided=guidance is not None)
+nfe = network_evaluations(make_sampler(noise_schedule(flow_cfg), "heun", steps), guided=guidance is not None)
 fig = plot_samples(x, title=f"flow matching, Heun with {steps} steps ({nfe} network evaluations), autoguidance")
 tutorial.show(fig, "samples")
 
@@ -180,7 +180,7 @@ tutorial.show(fig, "samples")
 
 # %%
 print(inspect.getsource(flow_step))
-print("Heun, 5 steps, (t, t_next):", make_sampler(None, "heun", 5).pairs().tolist())
+print("Heun, 5 steps, (t, t_next):", make_sampler(noise_schedule(flow_cfg), "heun", 5).pairs().tolist())
 
 # %% [markdown]
 # A few samples on their way, with Heun's 25 steps: each row is one time, from the noise (top) to
@@ -190,7 +190,7 @@ print("Heun, 5 steps, (t, t_next):", make_sampler(None, "heun", 5).pairs().tolis
 noise = jax.random.normal(jax.random.key(7), (8, 32, 32, 1))
 x, (xs, x0s, pairs) = draw_samples(flow_cfg, flow_state, jax.random.key(7), 8, autoguidance=guidance,
                                    x_T=noise, return_trajectory=True)
-rows = {"t = 1.00 (noise)": noise}
+rows = {f"t = {pairs[0][0]:.2f} (noise)": noise}
 rows.update({f"t = {pairs[k][1]:.2f}": xs[k] for k in (4, 9, 14, 19, 22, 24)})
 fig = tutorial.plot_image_rows(rows, title="flow matching: x_t along Heun's 25 steps")
 tutorial.show(fig, "trajectories")
@@ -273,7 +273,7 @@ evaluator = get_evaluator(quick=tutorial.quick())
 results = []
 jobs = [(sampler, steps, seed) for sampler, all_steps in SWEEP.items() for steps in all_steps for seed in SEEDS]
 for sampler, steps, seed in tqdm(jobs, desc="sampling and scoring", unit="draw"):
-    run_cfg, state = (flow_cfg, flow_state) if sampler in ("euler", "heun") else (ddpm_cfg, ddpm_state)
+    run_cfg, state = (flow_cfg, flow_state) if sampler in FLOW_SAMPLERS else (ddpm_cfg, ddpm_state)
     ag = autoguidance_of(run_cfg, state)
     samples = draw_samples(run_cfg, state, jax.random.key(seed), N, autoguidance=ag, sampler=sampler,
                            steps=steps, eta=0.0)
@@ -339,7 +339,7 @@ def best(samplers, max_nfe):
 
 
 for budget in (10, 20, 100):
-    (fs, fsteps, fnfe), ffd = best(("euler", "heun"), budget)
+    (fs, fsteps, fnfe), ffd = best(FLOW_SAMPLERS, budget)
     (ds, dsteps, dnfe), dfd = best(("ddim", "dpmpp_2m_sde"), budget)
     print(f"at most {budget:3d} evaluations: flow {ffd:6.1f} ({fs} {fsteps} steps, {fnfe}), "
           f"DDPM {dfd:6.1f} ({ds} {dsteps} steps, {dnfe}); ratio DDPM / flow = {dfd / ffd:.2f}")
@@ -385,7 +385,7 @@ for kind in ("uniform", "logit_normal"):
 
 # %% jupyter={"source_hidden": true}
 # Solution 2: Heun's last step is an Euler step; autoguidance runs the guide at every evaluation.
-heun10 = make_sampler(None, "heun", 10)
+heun10 = make_sampler(noise_schedule(flow_cfg), "heun", 10)
 print(f"Heun, 10 steps: {network_evaluations(heun10)} evaluations, "
       f"{network_evaluations(heun10, guided=True)} with autoguidance")
 

@@ -225,8 +225,8 @@ tutorial.show(fig, "variants_side_by_side")
 #   they differ, though its row shows a few blotchier shapes. Where the two targets do differ is
 #   the image estimate at the noisy end: the sampler recovers the image as
 #   $(x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$, which multiplies any error in
-#   $\hat\varepsilon$ by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$, a factor that grows without bound at the
-#   noisy steps where $\bar\alpha_t$ goes to 0 (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. In the preset
+#   $\hat\varepsilon$ by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t} = e^{-\lambda}$, about 120 where sampling
+#   starts ($\lambda = -4.8$) and larger still at the last timesteps (exercise 2 measures it); v-prediction (notebook 04) divides by nothing. In the preset
 #   search's 20-minute runs (the docs' Earlier runs page) v-prediction drew clearly better samples.
 # - **The denoising error says how well a model predicts the noise, not how good its samples
 #   are**: the linear schedule has by far the lowest, yet its samples are no better (a confident share between
@@ -251,8 +251,9 @@ tutorial.show(fig, "variants_side_by_side")
 # - **The seed and the schedule decide the digit, the rest of the recipe how clean it is**: the same
 #   column looks alike in five rows, because those variants start from the same noise and draw the
 #   same sampler noise. The second seed's row differs entirely (another initialisation and another
-#   noise), and so does, almost entirely, the linear schedule's: its noise levels, and so the path
-#   from noise to image, are different.
+#   noise), and so does, almost entirely, the linear schedule's: its model learned other noise levels
+#   (the sampler visits nearly the same values of lambda, at other timesteps), and so takes another path
+#   from the same noise.
 # - The **training loss** column mixes different quantities (v vs epsilon targets, weighted vs
 #   unweighted, different schedules) and must not be compared across rows.
 #

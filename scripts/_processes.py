@@ -104,7 +104,7 @@ def become_worker(log_path: str, quiet: bool) -> None:
 
 def supervise(process_id: int, num_processes: int | None, out: str) -> int:
     """Run this same command as the worker of process `process_id` and wait for it; returns its exit code,
-    after one clear line when it ended without one (LOST_CONTACT where it had not its own code)."""
+    after one clear line when it ended without one (LOST_CONTACT when it lost another process, else 1)."""
     log = Path(tempfile.gettempdir()) / f"mnist-diffusion-{os.getpid()}-process-{process_id}.log"
     worker = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env={**os.environ, WORKER_LOG: str(log)})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker too: it stops with its own message
@@ -114,10 +114,13 @@ def supervise(process_id: int, num_processes: int | None, out: str) -> int:
     if code in CLEAN_ENDS:
         if code and process_id and "error: " in text:  # a quiet process's own message, from its log
             print(text[text.rfind("error: "):].strip(), file=sys.stderr)
+        if code == 0:
+            log.unlink(missing_ok=True)
         return code
-    print(f"error: process {process_id} stopped: {why_it_stopped(code, text, process_id, num_processes)}. "
-          f"{how_to_continue(out)} Details: {log}", file=sys.stderr, flush=True)
-    return LOST_CONTACT
+    why = why_it_stopped(code, text, process_id, num_processes)
+    print(f"error: process {process_id} stopped: {why}. {how_to_continue(out)} Details: {log}",
+          file=sys.stderr, flush=True)
+    return LOST_CONTACT if why.startswith("it lost contact") else 1
 
 
 def why_it_stopped(code: int, log_text: str, process_id: int, num_processes: int | None) -> str:
@@ -125,7 +128,7 @@ def why_it_stopped(code: int, log_text: str, process_id: int, num_processes: int
     lost = re.search(r"stopped sending heartbeats\):\s*([\d, \n]+)", log_text) or re.search(
         r"Task (\d+) heartbeat timeout", log_text)
     if lost:
-        who = "process " + ", ".join(lost.group(1).split())
+        who = "process " + ", ".join(re.split(r"[,\s]+", lost.group(1).strip(", \n")))
     elif re.search(r"coordination service.*(Socket closed|Failed to send RPC)|leader task", log_text):
         who = "process 0 (the coordinator)"
     else:

@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run folder written by scripts/train.py")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's sampler")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps, 1 to T (not ddpm; default: the run's)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (not ddpm; default: the run's): at most one per timestep from "
+                        "lambda = -4.8 on, 995 of the cosine schedule's 1,000")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (0: deterministic; default: the run's)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -47,14 +48,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sampling_config(cfg, args):
-    """The run's config with this command's sampling flags, checked by `Config.validate` (one place)."""
+    """The run's config with this command's sampling flags, checked by `Config.validate` and (the sampler's
+    settings) by `helpers.sampling.make_sampler`."""
     if args.guidance_scale is not None and not cfg.model.num_classes:
         raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
     flags = {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta, "num_samples": args.n,
              "guidance_scale": args.guidance_scale, "autoguidance_scale": args.autoguidance_scale,
              "autoguidance_interval": args.autoguidance_interval}
     cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None})
-    return (cfg.replace(autoguidance_interval=None) if cfg.autoguidance_interval == "all" else cfg).validate()
+    from helpers.runs import sampler_of
+
+    cfg = (cfg.replace(autoguidance_interval=None) if cfg.autoguidance_interval == "all" else cfg).validate()
+    sampler_of(cfg)
+    return cfg
 
 
 def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
@@ -62,6 +68,7 @@ def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from helpers.losses import FLOW_TIME_SCALE
     from helpers.plotting import plot_samples, plot_trajectory, save_trajectory_gif
 
     np.save(f"{prefix}.npy", x)
@@ -71,7 +78,7 @@ def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
         xs, _, pairs = trajectory
         title = "Reverse process"
         if np.asarray(pairs).dtype.kind == "f":  # a flow-matching run: label with the time its network sees
-            pairs, title = np.asarray(pairs) * 1000, "Flow ODE (t = 1000 x flow time)"
+            pairs, title = np.asarray(pairs) * FLOW_TIME_SCALE, f"Flow ODE (t = {FLOW_TIME_SCALE:g} x flow time)"
         plt.close(plot_trajectory(np.asarray(xs)[:, :8], pairs, title=title, path=f"{prefix}-trajectory.png"))
         save_trajectory_gif(np.asarray(xs)[:, :16], f"{prefix}-trajectory.gif")
         written += [f"{prefix}-trajectory.png", f"{prefix}-trajectory.gif"]
@@ -84,13 +91,13 @@ def main(argv=None) -> int:
     import numpy as np
 
     from helpers.checkpoints import CheckpointError
-    from helpers.runs import autoguidance_of, draw_samples, load_run
+    from helpers.runs import autoguidance_of, draw_samples, load_run, sampler_of
 
     try:
         cfg, state = load_run(args.run_dir)
         cfg = sampling_config(cfg, args)
         guidance = autoguidance_of(cfg, state)
-        label = f"{cfg.sampler}-{cfg.num_timesteps if cfg.sampler == 'ddpm' else cfg.sample_steps}"
+        label = f"{cfg.sampler}-{sampler_of(cfg).steps}"
         prefix = Path(args.out) if args.out else Path(args.run_dir) / f"sample-{label}"
         prefix.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

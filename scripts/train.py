@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 import time
 
 import helpers  # noqa: F401  (sets the GPU-memory variables before TensorFlow / JAX start)
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
         code = train(args, several=True)  # JAX's backends start here, after joining
     except SystemExit as stop:
         code = stop.code
+    except BaseException:  # noqa: BLE001  (a bug: its traceback goes to the log, the supervisor says one line)
+        with open(os.environ[WORKER_LOG], "a") as log:
+            traceback.print_exc(file=log)
+        code = 1
     sys.stdout.flush(), sys.stderr.flush()
     if code:  # leave at once: JAX's shutdown barrier would wait for processes that may be gone
         os._exit(code)
@@ -116,10 +121,10 @@ def train(args, several: bool) -> int:
     except NonFiniteLossError as err:
         fail(str(err), code=3)
     except Exception as err:
-        if several and lost_contact(err):
-            return LOST_CONTACT  # the supervisor names the lost process
         if isinstance(err, (ValueError, TypeError, DataNotFoundError, RunExistsError, CheckpointError, ProcessError)):
             fail(str(err))
+        if several and lost_contact(err):
+            return LOST_CONTACT  # the supervisor names the lost process
         raise
     return 0
 

@@ -105,8 +105,8 @@ def test_a_flow_matching_run_trains_and_samples_with_euler_and_heun(tmp_path, tf
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--steps", "0"], "sample steps must be in 1..99"),
-    (["--steps", "100"], "sample steps must be in 1..99"),  # the range stops before the clipped last timestep
+    (["--steps", "0"], "sample steps must be in 1..100"),
+    (["--steps", "101"], "sample steps must be in 1..100"),  # one per timestep from lambda = -4.8 (tiny: t = 99)
     (["--n", "0"], "num_samples must be positive"),
     (["--eta", "-0.1"], "eta must be in [0, 1]"),
     (["--autoguidance-scale", "0.5"], "1 turns autoguidance off"),
@@ -243,7 +243,7 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, tfds_dir, mnist_arc
     (["--learning-rate", "0"], "learning_rate must be positive"),
     (["--max-steps", "-1"], "max_steps must be positive"),
     (["--minutes", "0"], "minutes must be positive"),
-    (["--sample-steps", "0"], "sample steps must be in 1..99"),
+    (["--sample-steps", "0"], "sample steps must be in 1..100"),
     (["--eta", "1.5"], "eta must be in [0, 1]"),
     (["--image-size", "31"], "cannot be halved"),
     (["--attention-resolutions", "4"], "never reached"),
@@ -383,7 +383,7 @@ def test_sampler_sweep_scores_each_setting_and_seed(tiny_run, tmp_path, tfds_dir
 @pytest.mark.parametrize("argv, message", [
     (["--only", "euler"], "--only matches no setting"),
     (["--n", "1"], "--n must be at least 2"),
-    (["--autoguidance-scale", "0.5"], "--autoguidance-scale must be at least 1"),
+    (["--autoguidance-scale", "0.5"], "autoguidance_scale must be at least 1"),
     (["--only", "ddim eta=1 50 interval"], "1,000-step schedule"),
     (["--plot-only", "--out", "nowhere/sweep"], "does not exist"),
     (["--only", "ddim eta=1 25 all", "--guide-step", "5"], "no checkpoint of step 5"),

@@ -182,10 +182,15 @@ def _one_clear_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_only_process_0_prints(tmp_path, tfds_dir, mnist_archives):
-    procs = _start(tmp_path / "run", tfds_dir, mnist_archives)
-    (out0, err0), (out1, err1) = (p.communicate(timeout=600) for p in procs)
+def test_only_process_0_prints_and_the_others_wait_for_its_samples(tmp_path, tfds_dir, mnist_archives):
+    """Process 0 alone prints; process 1 leaves only after process 0's sampling and scoring, made 40 s longer
+    here (as a long draw is), and both end well: no shutdown barrier or collective times out meanwhile."""
+    procs = _start(tmp_path / "run", tfds_dir, mnist_archives, "--slow-finish", "40")
+    out1, err1 = procs[1].communicate(timeout=600)
+    process_1_left = time.time()
+    out0, err0 = procs[0].communicate(timeout=600)
     assert [p.returncode for p in procs] == [0, 0], err0[-2000:] + err1[-2000:]
+    assert process_1_left >= (tmp_path / "run" / "summary.json").stat().st_mtime  # written before it left
     assert "done: 8 steps" in out0 and "[Gloo]" not in out0 + err0  # the C++ runtime's lines go to a log
     assert out1 == "" and err1 == ""
 
@@ -261,3 +266,26 @@ def test_slurm_tasks_drive_their_share_of_the_node_s_gpus(monkeypatch):
         monkeypatch.setenv(name, value)
     _processes.join_processes(timeout_s=5)
     assert seen["local_device_ids"] == [0, 1, 2, 3] and seen["heartbeat_timeout_seconds"] == _processes.HEARTBEAT_TIMEOUT_S
+
+
+def test_ctrl_c_in_one_process_stops_both_after_a_chunk(tmp_path, tfds_dir, mnist_archives):
+    """Ctrl-C in process 1's terminal (SIGINT to its process group): both processes stop after the current
+    chunk, process 0 says after which step and where the checkpoints are, nothing is cut in half."""
+    out = tmp_path / "run"
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(DRIVER), *TINY, "--max-steps", "4000", "--checkpoint-every", "8",
+                               "--out", str(out), "--manual-dir", str(mnist_archives), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=_env(tfds_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # each its own terminal
+             for i in range(2)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoints" / "16").exists():
+        time.sleep(0.05)
+    os.killpg(procs[1].pid, signal.SIGINT)
+    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in procs)
+    assert [p.returncode for p in procs] == [130, 130], err0[-2000:] + err1[-2000:]
+    said = re.search(r"interrupted after step (\d+): the checkpoints in (.+) are kept \(the newest: step (\d+)\)",
+                     out0 + err0)
+    assert said and int(said.group(3)) >= 16 and (out / "checkpoints" / said.group(3)).is_dir(), out0 + err0
+    assert int(said.group(1)) < 4000 and "Traceback" not in err0 + err1 and out1 == ""

@@ -44,8 +44,11 @@ def quick() -> bool:
 
 
 def runs_dir() -> Path:
-    """Where tutorial runs live: $TUTORIAL_RUNS_DIR, else `runs/` at the repository root."""
-    return Path(os.environ.get("TUTORIAL_RUNS_DIR") or ROOT / "runs")
+    """Where tutorial runs live: $TUTORIAL_RUNS_DIR, else `runs/` at the repository root (`runs/quick/` for
+    quick checks, so that they never meet a real run's folder)."""
+    from helpers.config import quick as quick_check
+
+    return Path(os.environ.get("TUTORIAL_RUNS_DIR") or ROOT / "runs" / ("quick" if quick_check() else ""))
 
 
 def tutorial_run_dir(preset: str | None = None) -> Path:
