@@ -172,14 +172,14 @@ def load_for_sweep(p, args, grid):
             state.guide.take(earlier.ema.model, args.guide_step)
     except (ValueError, CheckpointError) as err:
         p.error(str(err))
-    if any(s[3] in ("interval", "high", "upper") for s in grid) and cfg.num_timesteps != 1000:
-        p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
-                f"{cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
     try:  # every scale asked for, by the config's own rule
         for scale in {s[4] for s in grid} | {args.autoguidance_scale}:
             cfg.replace(autoguidance_scale=cfg.autoguidance_scale if scale is None else scale).validate()
     except ValueError as err:
         p.error(str(err))
+    if any(s[3] in ("interval", "high", "upper") for s in grid) and cfg.num_timesteps != 1000:
+        p.error(f"the guidance intervals are timesteps of a 1,000-step schedule; this run has "
+                f"{cfg.num_timesteps}: choose settings with 'all' or 'off' (--only)")
     if (state.guide is None or state.guide.step < 0) and any(s[3] != "off" for s in grid):
         p.error(f"{args.run_dir} has no guide (trained without --guide-fraction, or stopped before its guide was "
                 f"taken): choose the 'off' settings (--only off)")

@@ -463,9 +463,10 @@ tutorial.show(fig, "samples_at_checkpoints")
 #
 # Sampling starts from pure noise $x_T \sim \mathcal N(0, I)$ and applies the trained denoiser
 # step by step; notebooks 06 and 07 explain the samplers. The `cpu` preset samples with the stochastic
-# DPM-Solver++(2M) ([Lu et al. 2022](https://arxiv.org/abs/2211.01095)) in 50 steps, and with
-# *autoguidance* ([Karras et al. 2024](https://arxiv.org/abs/2406.02507)): at every step it also asks
-# the guide (the EMA weights at 15% of training, section 10) and extrapolates away from it,
+# DPM-Solver++(2M) ([Lu et al. 2022](https://arxiv.org/abs/2211.01095)) in 35 steps, and with
+# *autoguidance* ([Karras et al. 2024](https://arxiv.org/abs/2406.02507)): at every step but the last,
+# nearly clean ones ($t < 167$) it also asks the guide (the EMA weights at 15% of training, section 10)
+# and extrapolates away from it,
 # $\text{out} = D_{guide} + w\,(D_{final} - D_{guide})$, where $D$ is a network's estimate of the
 # clean image and $w$ is in the figure's title.
 # Notebook 07 shows what that does to the digits and scores it.
@@ -516,13 +517,13 @@ WHY_CPU_DIFFERS = {  # field: why the cpu preset changes it
     "weight_decay": "a run of under ten epochs does not over-fit: no weight decay",
     "ema_decay": "average over the last ~1,000 steps of a short run (section 7)",
     "ema_every": "(with ema_decay)",
-    "sampler": "DPM-Solver++(2M) SDE, 50 steps: as good as DDIM-100 at half the network evaluations (notebook 07)",
-    "sample_steps": "(with sampler)",
-    "eta": "stochastic sampling suits a briefly trained model (notebook 06)",
+    "sampler": "DPM-Solver++(2M) SDE: stochastic sampling suits a briefly trained model (notebooks 06, 07)",
+    "sample_steps": "35 steps, guided at t >= 167: 57 network evaluations (the docs' Results page)",
     "num_samples": "1,000 samples for the scores of notebook 05",
     "checkpoint_every": "a checkpoint every minute or so of a 20-minute run",
     "guide_fraction": "keep the EMA weights at 15% of the run as the autoguidance guide (section 10)",
     "autoguidance_scale": "extrapolate away from the guide when sampling (section 14, notebook 07)",
+    "autoguidance_interval": "no guide at the last, nearly clean steps (notebook 07)",
 }
 
 

@@ -135,8 +135,8 @@ tutorial.show(fig, "autoguidance_scores")
 # - **No class is lost**: every class keeps between 6% and 14% of the samples at every $w$, so the
 #   gain is not the classifier being confident on one easy digit.
 #
-# This agrees with the `cpu` preset's $w = 2$, which was chosen on the main job's runs (the docs'
-# Results page).
+# The `cpu` preset's own weight was chosen on the main job's runs, with its steps and its guidance
+# interval ($w = 2.5$ at $t \ge 167$; the docs' Results page).
 #
 # Why does a worse model help? Karras et al. argue that an under-trained model errs in the same
 # directions as a well-trained one, only more: the difference between the two points away from

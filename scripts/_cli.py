@@ -37,17 +37,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if f.name in SKIP:
                 continue
             flag = "--" + f.name.replace("_", "-")
-            if hints[f.name] is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            if hints[f.name] is bool:  # not given: absent (SUPPRESS), so that "none" can set a field to None
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
             else:
-                group.add_argument(flag, dest=f.name, type=_converter(hints[f.name]), default=None,
+                group.add_argument(flag, dest=f.name, type=_converter(hints[f.name]), default=argparse.SUPPRESS,
                                    metavar=f.name.upper())
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
     """The Config fields given on the command line."""
     names = {f.name for cls in (Config, UNetConfig) for f in dataclasses.fields(cls)} - SKIP
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def fail(message: str, code: int = 2) -> typing.NoReturn:

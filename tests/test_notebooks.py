@@ -134,19 +134,6 @@ def test_code_fingerprint_ignores_prose_but_not_code():
     assert tool.code_fingerprint(base) != tool.code_fingerprint('def f(x):\n    """Doc."""\n    return x + 2\n')
 
 
-@pytest.mark.parametrize("notebook", ["02_forward_process_and_schedules"])
-def test_notebook_runs_as_a_plain_script(notebook, tmp_path):
-    """`python notebooks/NN_name.py` at tiny settings: no display needed, figures saved as files.
-    (nbmake executes every notebook's code; this checks the plain-script path on one of them.)"""
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    env.update(TUTORIAL_PRESET="tiny", DISPLAY="")
-    r = subprocess.run([sys.executable, str(REPO / "notebooks" / f"{notebook}.py")], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    figures = REPO / "notebooks" / "figures" / notebook
-    assert figures.is_dir() and any(figures.glob("*.png")), f"{notebook} saved no figures"
-
-
 def test_jupyter_server_opens_a_py_as_a_notebook_and_saves_the_pair(tmp_path):
     """JupyterLab with Jupytext: the contents API serves a paired .py as a notebook, and saving it
     writes both files, which stay in sync."""
