@@ -1,7 +1,9 @@
 """Session-wide settings for every test, the notebooks (nbmake) included.
 
 Set at import, before any kernel or subprocess starts, so that all of them inherit it:
-- TUTORIAL_PRESET=tiny: every notebook runs at tiny settings;
+- TUTORIAL_PRESET=tiny for the tests' own notebook helpers; the notebooks themselves (nbmake) run at the
+  `paper` preset as a quick check (MNIST_DIFFUSION_QUICK=1, tests/paper_path.py): the preset a learner
+  with a GPU gets, with a few steps and a few images;
 - TUTORIAL_RUNS_DIR: the notebooks' runs go to a fresh temporary folder, shared by pytest-xdist
   workers (so notebook 05 reuses the run notebook 04 trained), never to runs/;
 - TFDS_DATA_DIR: the prepared datasets under .cache/ (kept between local runs);
@@ -53,3 +55,20 @@ for _name in ("mnist", "fashion_mnist"):
 def pytest_sessionfinish(session, exitstatus):
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (or a plain run) cleans up
         shutil.rmtree(os.environ["TUTORIAL_RUNS_DIR"], ignore_errors=True)
+
+
+def pytest_runtest_setup(item):
+    """A notebook (nbmake) runs at the quick `paper` preset: its kernel inherits these variables."""
+    if item.path.suffix == ".ipynb":
+        from tests.paper_path import PAPER_QUICK
+
+        item.saved_environ = {k: os.environ.get(k) for k in PAPER_QUICK}
+        os.environ.update(PAPER_QUICK)
+
+
+def pytest_runtest_teardown(item):
+    for k, v in getattr(item, "saved_environ", {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

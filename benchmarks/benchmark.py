@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from helpers.config import get_config
+    from helpers.config import QUICK_SAMPLE_STEPS, QUICK_STEPS, get_config, quick, quick_cap
     from helpers.environment import machine_description
     from helpers.sampling import sample
     from helpers.training import make_plan, noise_schedule
@@ -116,6 +116,10 @@ def main(argv=None) -> int:
         fail(str(err))
     if args.steps <= 0 or args.samples <= 0:
         fail("--steps and --samples must be positive.")
+    # a quick check (helpers.config.QUICK_VARIABLE) runs the code, not the timings: a few of everything, no DDPM
+    args.steps, args.samples, ddim_steps = quick_cap(args.steps, QUICK_STEPS), quick_cap(args.samples), quick_cap(
+        100, QUICK_SAMPLE_STEPS)
+    args.skip_ddpm = args.skip_ddpm or quick()
     images = np.random.default_rng(0).integers(0, 256, size=(max(cfg.batch_size * 4, 1024), 28, 28, 1), dtype=np.uint8)
     labels = np.random.default_rng(1).integers(0, 10, size=len(images))
     timing = time_train_step(cfg, images, labels, args.steps)
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
         "matmul_gflops": round(matmul_gflops(), 1), "epoch_s": round(60_000 / images_per_s, 1),
         "projected_run_min": round(make_plan(cfg, 60_000).total_steps * step_s / 60, 1),
     }
-    samplers = [] if args.skip_sampling else [("ddim100", dict(sampler="ddim", steps=100))] + (
+    samplers = [] if args.skip_sampling else [(f"ddim{ddim_steps}", dict(sampler="ddim", steps=ddim_steps))] + (
         [] if args.skip_ddpm else [("ddpm1000", dict(sampler="ddpm"))])
     for name, options in samplers:
         jax.block_until_ready(sample(model, noise_schedule(cfg), jax.random.key(0), args.samples, **options))

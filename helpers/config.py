@@ -19,9 +19,10 @@ OBJECTIVES = ("ddpm", "flow")
 #: `MNIST_DIFFUSION_QUICK=1` turns every run into a check that a preset's code paths work, in minutes on a
 #: CPU: the preset's own settings with its UNet narrowed to 8 channels at the first level (the same levels,
 #: blocks, attention and activation), batches and the run's own sample draw of at most 16 images, and at
-#: most QUICK_STEPS training steps (helpers.training.make_plan). Its figures mean nothing. It narrows the
-#: configs `get_config` makes; a run resumed from its config.json keeps the widths it was made with.
-QUICK_VARIABLE, QUICK_STEPS = "MNIST_DIFFUSION_QUICK", 4
+#: most QUICK_STEPS training steps (helpers.training.make_plan) and QUICK_SAMPLE_STEPS sampler steps. Its
+#: figures mean nothing. It narrows the configs `get_config` makes; a run resumed from its config.json keeps
+#: the widths it was made with.
+QUICK_VARIABLE, QUICK_STEPS, QUICK_IMAGES, QUICK_SAMPLE_STEPS = "MNIST_DIFFUSION_QUICK", 4, 16, 10
 #: What `objective="flow"` implies unless given: the network predicts the velocity, every t weighs alike,
 #: and an ODE solver samples (helpers.sampling).
 FLOW_SETTINGS = {"prediction": "v", "loss_weighting": "uniform", "sampler": "heun"}
@@ -196,11 +197,18 @@ def quick() -> bool:
     return os.environ.get(QUICK_VARIABLE, "0") not in ("", "0")
 
 
+def quick_cap(n: int, cap: int = QUICK_IMAGES) -> int:
+    """`n`, or at most `cap` in a quick check (QUICK_VARIABLE): images drawn, steps timed or sampled."""
+    return min(n, cap) if quick() else n
+
+
 def quick_version(cfg: Config) -> Config:
-    """`cfg` for a quick check (QUICK_VARIABLE): the UNet at 8 channels first, at most 16 images at a time."""
+    """`cfg` for a quick check (QUICK_VARIABLE): the UNet at 8 channels first, at most 16 images at a time,
+    at most QUICK_SAMPLE_STEPS sampler steps."""
     m, narrow = cfg.model, max(1, cfg.model.channels[0] // 8)
-    return cfg.replace(hidden_dims=tuple(c // narrow for c in m.channels), batch_size=min(cfg.batch_size, 16),
-                       num_samples=min(cfg.num_samples, 16))
+    return cfg.replace(hidden_dims=tuple(c // narrow for c in m.channels), batch_size=min(cfg.batch_size, QUICK_IMAGES),
+                       num_samples=min(cfg.num_samples, QUICK_IMAGES),
+                       sample_steps=min(cfg.sample_steps, QUICK_SAMPLE_STEPS))
 
 
 def default_preset_name() -> str:

@@ -52,7 +52,10 @@ def sampling_config(cfg, args):
     settings) by `helpers.sampling.make_sampler`."""
     if args.guidance_scale is not None and not cfg.model.num_classes:
         raise ValueError("--guidance-scale needs a class-conditional run (trained with --num-classes).")
-    flags = {"sampler": args.sampler, "sample_steps": args.steps, "eta": args.eta, "num_samples": args.n,
+    from helpers.config import QUICK_SAMPLE_STEPS, quick_cap
+
+    steps = None if args.steps is None else quick_cap(args.steps, QUICK_SAMPLE_STEPS)  # a quick check: a few
+    flags = {"sampler": args.sampler, "sample_steps": steps, "eta": args.eta, "num_samples": quick_cap(args.n),
              "guidance_scale": args.guidance_scale, "autoguidance_scale": args.autoguidance_scale,
              "autoguidance_interval": args.autoguidance_interval}
     cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None})

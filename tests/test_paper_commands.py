@@ -1,5 +1,6 @@
 """Every command the README shows, at the `paper` preset as a quick check on the CPU (tests/paper_path.py),
-in the README's order: the main job, then the commands that read its run folder, then the others."""
+in the README's order: the main job, then the commands that read its run folder, then the others. A
+notebook run as a script (`python notebooks/04_train_ddpm.py`) must also save its figures as files."""
 
 import re
 import shlex
@@ -12,10 +13,8 @@ from paper_path import REPO, paper_env
 NOT_RUN = {
     "python3 -m venv": "the install: .ci/run does it from scratch",
     "python -m pytest": "the test suite itself",
-    "jupyter lab": "starts JupyterLab; tests/test_paper_notebooks.py runs every notebook",
-    "python tools/run_notebooks.py": "re-executes the committed notebooks in place; their code runs in "
-                                     "tests/test_paper_notebooks.py",
-    "python notebooks/": "tests/test_paper_notebooks.py runs every notebook as a script",
+    "jupyter lab": "starts JupyterLab; nbmake runs every notebook at the quick `paper` preset (conftest.py)",
+    "python tools/run_notebooks.py": "re-executes the committed notebooks in place; nbmake runs their code",
     "python scripts/train.py --out DIR --coordinator": "a template (DIR, HOST:PORT); tests/test_sharding.py runs "
                                                         "two processes",
     "python benchmarks/compare_torch.py": "needs the PyTorch reference's own environment",
@@ -52,6 +51,9 @@ def test_every_readme_command_runs_at_paper(tmp_path):
         r = subprocess.run(as_paper(command, str(tmp_path / "cpu")), cwd=tmp_path, env=paper_env(tmp_path),
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{command}\n" + r.stdout[-2000:] + r.stderr[-4000:]
+        if command.startswith("python notebooks/"):  # no display: the figures go to notebooks/figures/<name>/
+            figures = REPO / "notebooks" / "figures" / command.split("/")[1].removesuffix(".py")
+            assert "preset 'paper'" in r.stdout and any(figures.glob("*.png")), f"{command}: no figures saved"
         ran.append(command)
     assert len(ran) >= 10, ran
     assert '"preset": "paper"' in (tmp_path / "cpu" / "config.json").read_text()

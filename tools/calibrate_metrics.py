@@ -38,13 +38,15 @@ def cases(ev, n: int, rng):
 def main(argv=None) -> int:
     import numpy as np
 
+    from helpers.config import quick, quick_cap
     from helpers.metrics import get_evaluator
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
-    ev = get_evaluator()
+    args.n = quick_cap(args.n, 200)  # a quick check (helpers.config.QUICK_VARIABLE): small sets, the code runs
+    ev = get_evaluator(quick=quick())
     rows = []
     for name, x in cases(ev, args.n, np.random.default_rng(0)):
         f = ev.evaluate(np.asarray(x, np.float32))
