@@ -191,8 +191,9 @@ noise = jax.random.normal(jax.random.key(7), (8, 32, 32, 1))
 x, (xs, x0s, pairs) = draw_samples(flow_cfg, flow_state, jax.random.key(7), 8, autoguidance=guidance,
                                    x_T=noise, return_trajectory=True)
 rows = {f"t = {pairs[0][0]:.2f} (noise)": noise}
-rows.update({f"t = {pairs[k][1]:.2f}": xs[k] for k in (4, 9, 14, 19, 22, 24)})
-fig = tutorial.plot_image_rows(rows, title="flow matching: x_t along Heun's 25 steps")
+shown = [k * (len(xs) - 1) // 24 for k in (4, 9, 14, 19, 22, 24)]  # steps 5, 10, 15, 20, 23, 25 of 25
+rows.update({f"t = {pairs[k][1]:.2f}": xs[k] for k in shown})
+fig = tutorial.plot_image_rows(rows, title=f"flow matching: x_t along Heun's {len(xs)} steps")
 tutorial.show(fig, "trajectories")
 
 # %% [markdown]
