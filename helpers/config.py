@@ -12,6 +12,7 @@ import jax
 
 from helpers.data import DATASETS
 from helpers.losses import FLOW_TIMES, LOSSES, PREDICTIONS, WEIGHTINGS
+from helpers.posthoc_ema import gamma_of
 from helpers.schedules import check_schedule
 from helpers.unet import UNetConfig
 
@@ -59,6 +60,9 @@ class Config:
     ema_decay: float = 0.9999
     ema_every: int = 10
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)) after n updates
+    # Post-hoc EMA (helpers.posthoc_ema): power-function EMAs of these lengths (sigma_rel) are tracked and
+    # saved at every checkpoint step, so that any EMA length can be sampled after training; () for none.
+    ema_lengths: tuple[float, ...] = ()
     # sampling at the end of training
     sampler: str = "ddim"
     sample_steps: int = 100
@@ -104,6 +108,8 @@ class Config:
         for name in ("ema_decay", "label_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        for length in self.ema_lengths:
+            gamma_of(length)  # ValueError outside (0, 0.289)
         check_schedule(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)
         _check_objective(self)
         _check_guide(self)
@@ -178,6 +184,7 @@ PRESETS: dict[str, Config] = {
         prediction="v", loss="mse", loss_weighting="min_snr", weight_decay=0.0, ema_decay=0.999, ema_every=1,
         sampler="dpmpp_2m_sde", sample_steps=35, num_samples=1000, log_every=50, checkpoint_every=500,
         guide_fraction=0.15, autoguidance_scale=2.5, autoguidance_interval=(167, 999), keep_checkpoints_every=2000,
+        ema_lengths=(0.05, 0.10),
     ),
     # Seconds: CI and notebook smoke runs.
     "tiny": Config(
@@ -187,7 +194,7 @@ PRESETS: dict[str, Config] = {
         train_limit=512, epochs=1, max_steps=8, batch_size=32, learning_rate=1e-3, warmup_steps=2,
         weight_decay=0.0, ema_decay=0.99, ema_every=1, num_timesteps=100, sample_steps=5,
         num_samples=16, log_every=4, checkpoint_every=4, keep_checkpoints=2, keep_checkpoints_every=4, guide_fraction=0.5,
-        autoguidance_scale=2.0,
+        autoguidance_scale=2.0, ema_lengths=(0.05, 0.10),
     ),
 }
 

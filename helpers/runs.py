@@ -19,6 +19,7 @@ from helpers.distributed import data_mesh, every_process_or_none, is_main_proces
 from helpers.environment import cpu_times, machine_description, steal_share
 from helpers.metrics import evaluate_samples
 from helpers.plotting import plot_samples, plot_training_curve
+from helpers.posthoc_ema import reconstruct, save_snapshot
 from helpers.sampling import Autoguidance, make_sampler, sample
 from helpers.training import (BatchFeed, History, StopOnCtrlC, TrainState, make_plan, noise_schedule, place_state,
                               seconds_per_step, steps_for_minutes, stop_at_non_finite_loss, take_guide_at, train)
@@ -135,9 +136,12 @@ def budget_steps(cfg: Config, feed: BatchFeed, log=print) -> int | None:
 
 
 def checkpoint_at(steps, ckpt: CheckpointManager, cfg: Config, record: dict, out: Path | None):
-    """Hook: a checkpoint (state, config, history) at each of `steps`, with history.csv/json in `out`."""
+    """Hook: a checkpoint (state, config, history) at each of `steps`, with history.csv/json and the post-hoc
+    EMA snapshot (written first, so that a checkpoint never lacks its snapshot) in `out`."""
     def save_checkpoint(state, chunk):
         if chunk.stop in steps:
+            if out is not None and state.power_ema is not None:
+                save_snapshot(out, state.step, state.power_ema.lengths, local_copy(state.power_ema).snapshot())
             ckpt.save(state.step, state, {"config": json.loads(cfg.to_json()), "history": record})
             if out is not None:  # history.json and history.csv (step, epoch, loss, lr, images_per_s)
                 (out / "history.json").write_text(json.dumps(record))
@@ -191,6 +195,20 @@ def draw_samples(cfg: Config, state: TrainState, key, num_samples: int, *, autog
     return sample(model, noise_schedule(cfg), key, num_samples, autoguidance=autoguidance, **{**opts, **options})
 
 
+def use_posthoc_ema(run_dir, state: TrainState, sigma_rel: float, step: int | None = None, guide: bool = False) -> dict:
+    """Replace the state's EMA weights (or, `guide`, its autoguidance guide's) by the post-hoc EMA of length
+    sigma_rel after `step` (default: the newest snapshot; helpers.posthoc_ema); returns what it was made of."""
+    target = state.guide if guide else state.ema
+    if target is None:
+        raise ValueError(f"{run_dir} has no autoguidance guide to replace (it was trained without --guide-fraction).")
+    params = nnx.state(target.model, nnx.Param)
+    leaves, made_of = reconstruct(run_dir, sigma_rel, jax.tree.leaves(params), step)
+    nnx.update(target.model, jax.tree.unflatten(jax.tree.structure(params), [jax.numpy.asarray(x) for x in leaves]))
+    if guide:
+        target.taken_at[...] = jax.numpy.asarray(made_of["step"], jax.numpy.int32)
+    return made_of
+
+
 def load_run(run_dir, step: int | None = None) -> tuple[Config, TrainState]:
     """(config, state) of a run folder at its newest readable checkpoint (or `step`'s); the state is built
     with `nnx.eval_shape` (shapes only) and filled by the checkpoint."""
@@ -241,5 +259,6 @@ def finish_run(cfg: Config, state: TrainState, record: dict, out: Path, trained:
     log(f"done: {state.step} steps in {trained['train_seconds'] / 60:.1f} min ({summary['images_per_s']} images/s"
         f"{f'; other machines took {steal:.0%} of the CPU time (steal)' if steal else ''}), final loss "
         f"{summary['final_loss']:.4f}; samples in {sample_seconds:.1f} s\nfiles in {out}: config.json, plan.json, "
-        f"history.csv, training_curve.png, samples.png, samples.npy, checkpoints/")
+        f"history.csv, training_curve.png, samples.png, samples.npy, checkpoints/"
+        f"{', ema_snapshots/' if cfg.ema_lengths else ''}")
     return summary

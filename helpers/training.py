@@ -23,6 +23,7 @@ from helpers.data import epoch_order, get_batch, steps_per_epoch
 from helpers.distributed import any_process, replicate
 from helpers.losses import (FLOW_TIME_SCALE, flow_matching_pair, flow_times, loss_weights, masked_mean,
                             per_example_loss, prediction_target, sample_timesteps)
+from helpers.posthoc_ema import gamma_of, power_ema_beta
 from helpers.schedules import NoiseSchedule
 from helpers.unet import create_unet
 
@@ -82,6 +83,26 @@ class EMA(nnx.Module):
         self.count[...] = self.count[...] + due.astype(jnp.int32)
 
 
+class PowerEMA(nnx.Module):
+    """Power-function EMAs of a model's parameters, one per length sigma_rel (Karras et al. 2024, eq. 4):
+    after step t, avg = beta_t avg + (1 - beta_t) params with beta_t = (1 - 1/t)^(gamma + 1). Their
+    snapshots let any EMA length be reconstructed after training (helpers.posthoc_ema)."""
+    def __init__(self, model: nnx.Module, lengths: tuple[float, ...]):
+        self.lengths, self.gammas = tuple(lengths), tuple(gamma_of(s) for s in lengths)
+        self.models = nnx.List([own_copy(model) for _ in lengths])
+
+    def update(self, model: nnx.Module, step) -> None:
+        """After optimiser step `step` (>= 1)."""
+        params, t = nnx.state(model, nnx.Param), jnp.asarray(step, jnp.float32)
+        for average, gamma in zip(self.models, self.gammas):
+            nnx.update(average, optax.incremental_update(params, nnx.state(average, nnx.Param),
+                                                         1.0 - power_ema_beta(gamma, t)))
+
+    def snapshot(self) -> list[list[np.ndarray]]:
+        """Each average's parameters as host arrays, in the model's leaf order (what a snapshot file holds)."""
+        return [[np.asarray(x) for x in jax.tree.leaves(nnx.state(m, nnx.Param))] for m in self.models]
+
+
 class Guide(nnx.Module):
     """The weak model of autoguidance (Karras et al. 2024): a copy of the EMA weights taken once, early."""
     def __init__(self, model: nnx.Module):
@@ -110,6 +131,7 @@ class TrainState(nnx.Module):
         self.optimizer = make_optimizer(self.model, cfg.weight_decay, cfg.grad_clip)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup)
         self.guide = Guide(self.ema.model) if cfg.guide_fraction else None
+        self.power_ema = PowerEMA(self.model, cfg.ema_lengths) if cfg.ema_lengths else None
         self.keys = nnx.Variable(jax.random.key_data(jax.random.split(jax.random.key(cfg.seed))))
 
     @property
@@ -162,9 +184,9 @@ def steps_for_minutes(seconds_per_step: float, minutes: float, chunk: int = 1) -
 
 
 def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedule, x0, labels, mask, key,
-               learning_rate, cfg: Config):
+               learning_rate, cfg: Config, power_ema: PowerEMA | None = None):
     """One step on a batch x0 (B, 32, 32, 1) in [-1, 1]: noise it (DDPM, or flow matching's straight path),
-    one AdamW step at `learning_rate`, EMA update. Returns {"loss", "grad_norm"}; `mask` is 0 for the
+    one AdamW step at `learning_rate`, EMA updates (and the power EMAs', if tracked). Returns {"loss", "grad_norm"}; `mask` is 0 for the
     padding of an epoch's short last batch."""
     t_key, noise_key, label_key = jax.random.split(key, 3)
     noise = jax.random.normal(noise_key, x0.shape)  # eps ~ N(0, I)
@@ -187,6 +209,8 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads, learning_rate=learning_rate)
     ema.update(model, optimizer.step[...])
+    if power_ema is not None:
+        power_ema.update(model, optimizer.step[...])
     return {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
 
@@ -197,7 +221,7 @@ def compiled_train_step(graphdef, state, x0, labels, mask, step, learning_rate, 
     ts = nnx.merge(graphdef, state)
     key = jax.random.fold_in(jax.random.wrap_key_data(ts.keys[...][1]), step)
     metrics = train_step(ts.model, ts.optimizer, ts.ema, noise_schedule(cfg), x0, labels, mask, key,
-                         learning_rate, cfg)
+                         learning_rate, cfg, ts.power_ema)
     return nnx.state(ts), metrics
 
 

@@ -20,8 +20,9 @@ def _converter(annotation):
     def convert(s: str):
         if "None" in text and s.lower() in ("none", "null", ""):
             return None
-        if "tuple" in text:
-            return tuple(int(v) for v in s.split(",") if v.strip())
+        if "tuple" in text:  # 'none' is () for a tuple that cannot be None (--ema-lengths none: off)
+            number = float if "float" in text else int
+            return () if s.lower() == "none" else tuple(number(v) for v in s.split(",") if v.strip())
         return float(s) if "float" in text else int(s) if "int" in text else s
 
     convert.__name__ = text  # argparse names the type in "invalid ... value" errors

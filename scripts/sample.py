@@ -3,6 +3,7 @@
     python scripts/sample.py runs/cpu --n 64 --sampler ddim --steps 50
     python scripts/sample.py runs/cpu --sampler ddpm --trajectory     # + a strip and an animated GIF
     python scripts/sample.py runs/flow --sampler heun --steps 10      # a flow-matching run: euler or heun
+    python scripts/sample.py runs/cpu --ema-length 0.07 --guide-ema-length 0.1   # EMA lengths chosen now
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--autoguidance-interval", type=_interval, default=None, metavar="T_LOW,T_HIGH",
                    help="guide only at these timesteps, e.g. 100,700, or 'all' (default: the run's)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--ema-length", type=float, default=None, metavar="SIGMA_REL",
+                   help="sample from the post-hoc EMA of this length (e.g. 0.05; a run trained with --ema-lengths)")
+    p.add_argument("--guide-ema-length", type=float, default=None, metavar="SIGMA_REL",
+                   help="autoguidance guide: the post-hoc EMA of this length at --guide-step")
+    p.add_argument("--guide-step", type=int, default=None,
+                   help="the step of that guide, one with an EMA snapshot (default: the nearest to the run's guide)")
     p.add_argument("--trajectory", action="store_true", help="also write a strip and a GIF of the reverse process")
     p.add_argument("--out", default=None, help="output prefix (default: RUN_DIR/sample-<sampler>-<steps>)")
     return p.parse_args(argv)
@@ -64,6 +71,25 @@ def sampling_config(cfg, args):
     cfg = (cfg.replace(autoguidance_interval=None) if cfg.autoguidance_interval == "all" else cfg).validate()
     sampler_of(cfg)
     return cfg
+
+
+def posthoc_weights(args, state) -> str:
+    """Put the post-hoc EMAs asked for into `state` (helpers.posthoc_ema); returns a line on each, or ''."""
+    from helpers.posthoc_ema import snapshot_files
+    from helpers.runs import use_posthoc_ema
+
+    lines = []
+    if args.ema_length is not None:
+        made = use_posthoc_ema(args.run_dir, state, args.ema_length)
+        lines.append(f"model: post-hoc EMA {args.ema_length:g} at step {made['step']} from {made['snapshots']} "
+                     f"snapshots (profile error {made['profile_error']:.1%})")
+    if args.guide_ema_length is not None:
+        steps, own = list(snapshot_files(args.run_dir)) or [0], state.guide.step if state.guide is not None else 0
+        at = args.guide_step if args.guide_step is not None else min(steps, key=lambda s: abs(s - own))
+        made = use_posthoc_ema(args.run_dir, state, args.guide_ema_length, at, guide=True)
+        lines.append(f"guide: post-hoc EMA {args.guide_ema_length:g} at step {made['step']} from {made['snapshots']} "
+                     f"snapshots (profile error {made['profile_error']:.1%})")
+    return "".join(line + "\n" for line in lines)
 
 
 def write_outputs(x, trajectory, prefix: Path, title: str) -> list[str]:
@@ -99,6 +125,7 @@ def main(argv=None) -> int:
     try:
         cfg, state = load_run(args.run_dir)
         cfg = sampling_config(cfg, args)
+        weights_note = posthoc_weights(args, state)
         guidance = autoguidance_of(cfg, state)
         label = f"{cfg.sampler}-{sampler_of(cfg).steps}"
         prefix = Path(args.out) if args.out else Path(args.run_dir) / f"sample-{label}"
@@ -109,12 +136,13 @@ def main(argv=None) -> int:
         x, trajectory = result if args.trajectory else (result, None)
         x = np.asarray(x)
         seconds = time.perf_counter() - t0
-        weights = "raw" if args.raw else "EMA"
+        weights = "raw" if args.raw else f"post-hoc EMA {args.ema_length:g}" if args.ema_length else "EMA"
         written = write_outputs(x, trajectory, prefix, f"{label.upper()} ({weights} weights, seed {args.seed})")
     except (ValueError, CheckpointError) as err:
         fail(str(err))
     except OSError as err:
         fail(f"cannot write {err.filename}: {err.strerror}. Choose another --out.")
+    print(weights_note, end="")
     print(f"{args.n} samples ({label}, {weights} weights, step {state.step}) in {seconds:.1f} s: " + ", ".join(written))
     return 0
 

@@ -187,6 +187,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tfds_dir, mnis
     # the autoguidance guide (taken at step 12 of 24) survived the kill: the same samples
     assert json.loads((full / "summary.json").read_text())["autoguidance"]["guide_step"] == 12
     np.testing.assert_allclose(np.load(killed / "samples.npy"), np.load(full / "samples.npy"), atol=1e-5)
+    # the post-hoc EMA snapshots (helpers.posthoc_ema) too: those before the kill kept, the rest remade alike
+    assert sorted(snapshot_files(killed)) == sorted(snapshot_files(full)) == [6, 12, 18, 24]
+    for step, path in snapshot_files(full).items():
+        with np.load(path) as a, np.load(snapshot_files(killed)[step]) as b:
+            assert a.files == b.files and all(np.allclose(a[k], b[k], atol=1e-6) for k in a.files), step
 
 
 def test_ctrl_c_mid_run_says_where_the_checkpoints_are(tmp_path, tfds_dir, mnist_archives):
