@@ -61,7 +61,8 @@ class Config:
     ema_every: int = 10
     ema_warmup: bool = True  # decay_n = min(decay, (1 + n) / (10 + n)) after n updates
     # Post-hoc EMA (helpers.posthoc_ema): power-function EMAs of these lengths (sigma_rel) are tracked and
-    # saved at every checkpoint step, so that any EMA length can be sampled after training; () for none.
+    # saved at every checkpoint step, so that any EMA length can be sampled after training; () for none
+    # (the presets track 0.05 and 0.10, as Karras et al. 2024 do).
     ema_lengths: tuple[float, ...] = ()
     # sampling at the end of training
     sampler: str = "ddim"
@@ -170,7 +171,7 @@ PRESETS: dict[str, Config] = {
                          attention_resolutions=(8,), activation="gelu", time_embedding_dim=128),
         epochs=50, batch_size=256, learning_rate=1e-4, warmup_steps=500, weight_decay=1e-5,
         grad_clip=1.0, ema_decay=0.9999, ema_every=10, sample_steps=100, log_every=50, checkpoint_every=1000,
-        keep_checkpoints_every=2000,
+        keep_checkpoints_every=2000, ema_lengths=(0.05, 0.10),
     ),
     # Two CPU cores, about 20 minutes: a narrow UNet on 2x2 patches, batch 64, v-prediction with min-SNR,
     # a short EMA; DPM-Solver++(2M) SDE with 35 steps and autoguidance w = 2.5 at t >= 167 (57 network

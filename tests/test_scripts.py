@@ -86,6 +86,25 @@ def test_sample_script_reads_the_run(tiny_run, tmp_path):
     assert off.returncode == 2 and "1 turns autoguidance off" in off.stderr, off.stderr[-2000:]
 
 
+def test_sample_script_reconstructs_any_ema_length(tiny_run, tmp_path, capsys):
+    """Post-hoc EMA: the tiny run's snapshots (steps 4 and 8) give the model and the guide other EMA lengths."""
+    import sample
+
+    out, _ = tiny_run
+    common = [str(out), "--n", "4", "--steps", "2"]
+    assert sample.main([*common, "--out", str(tmp_path / "own")]) == 0
+    assert sample.main([*common, "--ema-length", "0.07", "--guide-ema-length", "0.1", "--out", str(tmp_path / "p")]) == 0
+    said = capsys.readouterr().out
+    assert "model: post-hoc EMA 0.07 at step 8 from 4 snapshots" in said and "guide: post-hoc EMA 0.1 at step 4" in said
+    assert not np.allclose(np.load(tmp_path / "own.npy"), np.load(tmp_path / "p.npy"), atol=1e-4)
+    for flags, message in ((["--ema-length", "0.5"], "must lie in (0, 0.289)"),
+                           (["--guide-ema-length", "0.1", "--guide-step", "6"], "not at 6")):
+        with pytest.raises(SystemExit) as e:
+            sample.main([*common, *flags, "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, (flags, err)
+
+
 def test_a_flow_matching_run_trains_and_samples_with_euler_and_heun(tmp_path, tfds_dir, mnist_archives):
     out = tmp_path / "flow"
     r = _train(["--preset", "tiny", "--objective", "flow", "--out", str(out), "--no-evaluate"], tfds_dir,
