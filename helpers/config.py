@@ -11,7 +11,7 @@ import os
 import jax
 
 from helpers.data import DATASETS
-from helpers.losses import FLOW_TIMES, LOSSES, PREDICTIONS, WEIGHTINGS
+from helpers.losses import FLOW_TIMES, LOSSES, NOISE_LEVELS, PREDICTIONS, WEIGHTINGS
 from helpers.posthoc_ema import gamma_of
 from helpers.schedules import check_schedule
 from helpers.unet import UNetConfig
@@ -45,6 +45,7 @@ class Config:
     loss: str = "huber"
     huber_delta: float = 1.0
     loss_weighting: str = "uniform"
+    noise_levels: str = "uniform"  # DDPM's timesteps in training: uniform, or EDM's log-normal sigma
     min_snr_gamma: float = 5.0
     label_dropout: float = 0.1  # class-conditional models only: P(label -> "no label") for CFG
     epochs: int = 50
@@ -92,8 +93,8 @@ class Config:
 
     def validate(self, num_train_examples: int | None = None) -> "Config":
         """Raise ValueError with what to change for any value that cannot work; returns the config."""
-        for name, allowed in {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES,
-                              "loss_weighting": WEIGHTINGS, "objective": OBJECTIVES, "flow_times": FLOW_TIMES}.items():
+        for name, allowed in {"dataset": DATASETS, "prediction": PREDICTIONS, "loss": LOSSES, "loss_weighting": WEIGHTINGS,
+                              "noise_levels": NOISE_LEVELS, "objective": OBJECTIVES, "flow_times": FLOW_TIMES}.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"Unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}.")
         for name in ("epochs", "batch_size", "learning_rate", "num_samples", "log_every", "checkpoint_every",

@@ -20,6 +20,7 @@ from helpers.schedules import NoiseSchedule, per_image
 
 PREDICTIONS = ("epsilon", "v", "x0")
 FLOW_TIMES = ("uniform", "logit_normal")
+NOISE_LEVELS = ("uniform", "log_normal")
 #: The network sees flow time t in [0, 1] as 1000 t: the range of DDPM's timesteps, for the same embedding.
 FLOW_TIME_SCALE = 1000.0
 LOSSES = ("mse", "huber")
@@ -35,6 +36,17 @@ WEIGHTINGS = ("uniform", "min_snr")
 def sample_timesteps(key: jax.Array, batch_size: int, num_timesteps: int) -> jax.Array:
     """t ~ U{0, ..., T-1}, shape (B,)."""
     return jax.random.randint(key, (batch_size,), 0, num_timesteps)
+
+
+# EDM's training noise levels (Karras et al. 2022, table 1): ln sigma ~ N(-1.2, 1.2^2), sigma = sqrt((1 - ab) / ab).
+def log_normal_timesteps(key: jax.Array, batch_size: int, schedule: NoiseSchedule, mean: float = -1.2,
+                         std: float = 1.2) -> jax.Array:
+    """The timestep whose noise level sigma_t is nearest (in log) to sigma, ln sigma ~ N(mean, std^2); shape (B,)."""
+    log_sigmas = -schedule.log_alpha_over_sigma()  # ln sigma_t, increasing in t
+    want = mean + std * jax.random.normal(key, (batch_size,))
+    above = jnp.clip(jnp.searchsorted(log_sigmas, want), 1, schedule.num_timesteps - 1)
+    nearer_below = want - log_sigmas[above - 1] < log_sigmas[above] - want
+    return jnp.where(nearer_below, above - 1, above)
 
 
 # Flow-matching times: uniform, or logit-normal (Esser et al. 2024, sec. 3.1: more weight mid-path).

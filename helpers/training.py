@@ -22,7 +22,7 @@ from helpers.config import QUICK_STEPS, Config, quick
 from helpers.data import epoch_order, get_batch, steps_per_epoch
 from helpers.distributed import any_process, replicate
 from helpers.losses import (FLOW_TIME_SCALE, flow_matching_pair, flow_times, loss_weights, masked_mean,
-                            per_example_loss, prediction_target, sample_timesteps)
+                            log_normal_timesteps, per_example_loss, prediction_target, sample_timesteps)
 from helpers.posthoc_ema import gamma_of, power_ema_beta
 from helpers.schedules import NoiseSchedule
 from helpers.unet import create_unet
@@ -194,7 +194,8 @@ def train_step(model, optimizer: nnx.Optimizer, ema: EMA, schedule: NoiseSchedul
         t = flow_times(t_key, x0.shape[0], cfg.flow_times)
         (x_t, target), t, weights = flow_matching_pair(x0, noise, t), FLOW_TIME_SCALE * t, 1.0
     else:
-        t = sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps)  # t ~ U{0, ..., T-1}
+        t = (sample_timesteps(t_key, x0.shape[0], schedule.num_timesteps) if cfg.noise_levels == "uniform"
+             else log_normal_timesteps(t_key, x0.shape[0], schedule))  # t ~ U{0, ..., T-1}, or EDM's
         x_t = schedule.q_sample(x0, t, noise)  # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
         target = prediction_target(cfg.prediction, x0, noise, schedule, t)  # eps, v or x0
         weights = loss_weights(cfg.loss_weighting, cfg.prediction, schedule, t, cfg.min_snr_gamma)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers.losses import (loss_weights, masked_mean, per_example_loss, prediction_target,
+from helpers.losses import (log_normal_timesteps, loss_weights, masked_mean, per_example_loss, prediction_target,
                             sample_timesteps, to_x0_and_eps)
 from helpers.schedules import NoiseSchedule
 
@@ -62,3 +62,12 @@ def test_uniform_timesteps_cover_range():
     t = np.asarray(sample_timesteps(jax.random.key(0), 100_000, 10))
     assert t.min() == 0 and t.max() == 9
     np.testing.assert_allclose(np.bincount(t) / len(t), 0.1, atol=0.01)
+
+
+def test_log_normal_timesteps_follow_edms_noise_levels():
+    """EDM's ln sigma ~ N(-1.2, 1.2^2) on the cosine schedule's timesteps: the nearest sigma_t to each draw."""
+    schedule = NoiseSchedule.create("cosine", 1000)
+    t = log_normal_timesteps(jax.random.key(0), 100_000, schedule)
+    log_sigma = -np.asarray(schedule.log_alpha_over_sigma(t))
+    assert abs(log_sigma.mean() + 1.2) < 0.02 and abs(log_sigma.std() - 1.2) < 0.02
+    assert t.min() >= 0 and t.max() <= 999 and 150 < np.median(np.asarray(t)) < 350  # sigma = 0.3: mid-low noise
