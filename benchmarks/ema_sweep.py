@@ -151,7 +151,10 @@ def main(argv=None) -> int:
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"run": args.run_dir, "machine": machine_description(), "commit": commit}
-    evaluator = get_evaluator(args.data_dir, args.manual_dir)
+    from helpers.config import quick, quick_cap
+
+    evaluator = get_evaluator(args.data_dir, args.manual_dir, quick=quick())  # a quick check: small references
+    args.n = quick_cap(args.n)
     for setting in settings(args):
         try:
             run = weights_of(args.run_dir, setting)

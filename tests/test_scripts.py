@@ -404,6 +404,26 @@ def test_sampler_sweep_scores_each_setting_and_seed(tiny_run, tmp_path, tfds_dir
     assert prefix.with_suffix(".png").stat().st_size > 0
 
 
+def test_ema_sweep_scores_each_length_on_both_references(tiny_run, tmp_path, tfds_dir, mnist_archives, capsys):
+    import ema_sweep
+
+    out, _ = tiny_run
+    prefix, data = tmp_path / "ema", ["--data-dir", str(tfds_dir), "--manual-dir", str(mnist_archives)]
+    assert ema_sweep.main([str(out), "--n", "16", "--seeds", "2", "--model", "0.07", "--guide", "0.1",
+                           "--guide-steps", "4", "--out", str(prefix), *data]) == 0
+    rows = {(r["setting"], r["seed"]): r for r in json.loads(prefix.with_suffix(".json").read_text())["rows"]}
+    names = ("model own, guide own", "model 0.07, guide own", "model own, guide 0.1@4", "model 0.07, guide 0.1@4")
+    assert set(rows) == {(name, seed) for name in names for seed in (0, 1)}
+    for r in rows.values():
+        assert np.isfinite([r["fd_train"], r["fd_test"]]).all() and r["fd_train"] != r["fd_test"]
+    assert rows[(names[0], 0)]["fd_test"] != rows[(names[1], 0)]["fd_test"]  # other weights, other digits
+    table = capsys.readouterr().out
+    assert all(name in table for name in names) and prefix.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit) as e:
+        ema_sweep.main([str(out), "--guide", "0.1", "--out", str(prefix)])
+    assert e.value.code == 2 and "go together" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--only", "euler"], "--only matches no setting"),
     (["--n", "1"], "--n must be at least 2"),
