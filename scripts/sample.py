@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     except OSError as err:
         fail(f"cannot write {err.filename}: {err.strerror}. Choose another --out.")
     print(weights_note, end="")
-    print(f"{args.n} samples ({label}, {weights} weights, step {state.step}) in {seconds:.1f} s: " + ", ".join(written))
+    print(f"{len(x)} samples ({label}, {weights} weights, step {state.step}) in {seconds:.1f} s: " + ", ".join(written))
     return 0
 
 
