@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         prefix = Path(args.out) if args.out else Path(args.run_dir) / f"sample-{label}"
         prefix.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        result = draw_samples(cfg, state, jax.random.key(args.seed), args.n, autoguidance=guidance,
+        result = draw_samples(cfg, state, jax.random.key(args.seed), cfg.num_samples, autoguidance=guidance,
                               use_ema=not args.raw, return_trajectory=args.trajectory)
         x, trajectory = result if args.trajectory else (result, None)
         x = np.asarray(x)
