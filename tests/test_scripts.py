@@ -207,6 +207,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tfds_dir, mnis
     assert json.loads((full / "summary.json").read_text())["autoguidance"]["guide_step"] == 12
     np.testing.assert_allclose(np.load(killed / "samples.npy"), np.load(full / "samples.npy"), atol=1e-5)
     # the post-hoc EMA snapshots (helpers.posthoc_ema) too: those before the kill kept, the rest remade alike
+    from helpers.posthoc_ema import snapshot_files
+
     assert sorted(snapshot_files(killed)) == sorted(snapshot_files(full)) == [6, 12, 18, 24]
     for step, path in snapshot_files(full).items():
         with np.load(path) as a, np.load(snapshot_files(killed)[step]) as b:
