@@ -121,10 +121,10 @@ def train(args, several: bool) -> int:
     except NonFiniteLossError as err:
         fail(str(err), code=3)
     except Exception as err:
+        if several and lost_contact(err):  # first: a lost process may surface inside any error type
+            return LOST_CONTACT  # the supervisor names the lost process
         if isinstance(err, (ValueError, TypeError, DataNotFoundError, RunExistsError, CheckpointError, ProcessError)):
             fail(str(err))
-        if several and lost_contact(err):
-            return LOST_CONTACT  # the supervisor names the lost process
         raise
     return 0
 
